@@ -1,0 +1,5 @@
+"""`python -m ecoq` runs the CLI."""
+
+from ecoq.cli import main
+
+main()

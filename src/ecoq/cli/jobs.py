@@ -1,0 +1,298 @@
+"""Commands on jobs: submit, queue, show, cancel, hold, release, start, wait, logs."""
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ecoq.cli.app import (
+    JobId,
+    JsonOpt,
+    app,
+    box_gpus,
+    errors,
+    forecast_source,
+    load_job,
+    open_queue,
+    open_reader,
+    print_json,
+    settings,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from ecoq.scheduler.queue import JobSpec
+
+SUBMIT_EPILOG = """Examples:
+
+  ecoq submit train.sh --deadline 12h --duration 2h --zone DE
+
+  ecoq submit train.py --deadline 2026-12-01T08:00Z --gpus 2 -- --lr 3e-4 --epochs 10
+
+The deadline is when the job must FINISH (a span after now, or an ISO time with an offset).
+Arguments for the script go after it; put `--` before any that start with a dash."""
+
+
+@app.command(epilog=SUBMIT_EPILOG)
+def submit(
+    script: Annotated[str, typer.Argument(help="Script or command to run.")],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
+    deadline: Annotated[
+        str, typer.Option(help="Finish by: a span (12h, 90m, 1d) or an ISO time with offset.")
+    ] = ...,  # type: ignore[assignment]
+    duration: Annotated[
+        str | None, typer.Option(help="Expected run time (default: learned, else config).")
+    ] = None,
+    not_before: Annotated[str | None, typer.Option(help="Do not start before this.")] = None,
+    zone: Annotated[
+        str | None, typer.Option(help="Grid zone, e.g. DE (default site.zone).")
+    ] = None,
+    gpus: Annotated[int, typer.Option(help="GPUs the job needs.")] = 0,
+    name: Annotated[str | None, typer.Option(help="A name (default: the script's).")] = None,
+    project: Annotated[str | None, typer.Option(help="Project to account the job to.")] = None,
+    drop_if_late: Annotated[
+        bool,
+        typer.Option("--drop-if-late", help="Expire instead of running late if it cannot start."),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Queue a job to run in the cleanest window that still meets its deadline."""
+    import getpass
+
+    from ecoq.config import CREDENTIAL_ENV_VARS
+    from ecoq.errors import ValidationError
+    from ecoq.parsing import parse_duration, parse_when, resolve_script
+    from ecoq.scheduler.queue import JobSpec, validate_spec
+    from ecoq.scheduler.replan import PlannerParams, plan_fields
+    from ecoq.views import JobView
+
+    with errors():
+        cfg = settings()
+        now = utcnow()
+        cwd = Path.cwd()
+        resolved = resolve_script(script, cwd)
+        argv = resolved.argv + list(args or [])
+        deadline_at = parse_when(deadline, now, flag="--deadline")
+        not_before_at = parse_when(not_before, now, flag="--not-before") if not_before else None
+        zone_name = zone or cfg.site.zone
+        if not zone_name:
+            raise ValidationError(
+                "no zone given; pass --zone (e.g. --zone DE; `ecoq zones` lists them) "
+                "or set site.zone in the config"
+            )
+        if cfg.forecast.provider == "bundled":
+            from ecoq.forecasting.bundled import resolve_zone
+
+            zone_name = resolve_zone(zone_name)
+        if duration is not None:
+            span, span_source = parse_duration(duration), "user"
+        else:
+            span, span_source = timedelta(seconds=cfg.planner.default_duration_s), "default"
+        spec = JobSpec(
+            command=argv,
+            cwd=str(cwd),
+            env={k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV_VARS},
+            user=getpass.getuser(),
+            uid=os.getuid(),
+            zone=zone_name,
+            deadline=deadline_at,
+            duration=span,
+            duration_source=span_source,
+            name=name or Path(resolved.path).name,
+            project=project,
+            gpus=gpus,
+            not_before=not_before_at,
+            drop_if_late=drop_if_late,
+        )
+        validate_spec(spec, now, box_gpus=box_gpus())
+        queue = open_queue()
+        if duration is None:
+            learned = queue.learned_duration_s(argv)
+            if learned is not None:
+                spec = _with_duration(spec, timedelta(seconds=learned), "learned")
+                validate_spec(spec, now, box_gpus=box_gpus())
+        params = PlannerParams(
+            min_saving=cfg.planner.min_saving,
+            rule=cfg.planner.averaging,
+            fail_policy=cfg.planner.fail_policy,
+        )
+        plan = plan_fields(
+            forecast_source(),
+            zone=spec.zone,
+            now=now,
+            not_before=spec.not_before,
+            deadline=spec.deadline,
+            duration=spec.duration,
+            params=params,
+        )
+        job = queue.submit(spec)
+        assert job.id is not None
+        queue.set_plan(job.id, **plan)
+        view = JobView.from_model(queue.get(job.id))
+    if json_out:
+        print_json(view.to_json())
+    else:
+        from ecoq.render import submit_line
+
+        typer.echo(submit_line(view, now))
+
+
+def _with_duration(spec: "JobSpec", span: timedelta, source: str) -> "JobSpec":
+    from dataclasses import replace
+
+    return replace(spec, duration=span, duration_source=source)
+
+
+@app.command("queue", epilog="Examples:\n\n  ecoq queue\n\n  ecoq queue --all --json")
+def queue_cmd(
+    all_jobs: Annotated[bool, typer.Option("--all", help="Include finished jobs.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """List waiting and running jobs (all jobs with --all)."""
+    from ecoq.views import list_jobs
+
+    with errors():
+        reader = open_reader()
+        jobs = list_jobs(reader, include_finished=all_jobs) if reader is not None else []
+    if json_out:
+        print_json([j.to_json() for j in jobs])
+        return
+    if not jobs:
+        typer.echo("no jobs" if all_jobs else "no waiting or running jobs (--all shows finished)")
+        return
+    from ecoq.render import QUEUE_HEADER, queue_row
+
+    now = utcnow()
+    rows = [QUEUE_HEADER, *(queue_row(j, now) for j in jobs)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(QUEUE_HEADER))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command(epilog="Examples:\n\n  ecoq show 7\n\n  ecoq show 7 --json")
+def show(job_id: JobId, json_out: JsonOpt = False) -> None:
+    """Show one job and explain its plan."""
+    from ecoq.render import show_lines
+
+    with errors():
+        job = load_job(job_id)
+    if json_out:
+        print_json(job.to_json())
+        return
+    for label, value in show_lines(job, utcnow()):
+        typer.echo(f"{label:>13}: {value}")
+
+
+def _request(action: str, job_id: int) -> None:
+    with errors():
+        queue = open_queue()
+        outcome = getattr(queue, action)(job_id)
+    verbs = {
+        "cancelled": f"job {job_id} cancelled",
+        "held": f"job {job_id} held: it will not start until `ecoq release {job_id}`",
+        "released": f"job {job_id} released: it will be planned again",
+        "requested": f"job {job_id}: {action.replace('_', ' ')} requested; "
+        "the daemon carries it out at its next tick",
+    }
+    typer.echo(verbs.get(outcome, f"job {job_id}: {outcome}"))
+
+
+@app.command(epilog="Example:\n\n  ecoq cancel 7")
+def cancel(job_id: JobId) -> None:
+    """Cancel a job. A running job gets SIGTERM (its process group), then SIGKILL after
+    daemon.kill_grace_s."""
+    _request("cancel", job_id)
+
+
+@app.command(epilog="Example:\n\n  ecoq hold 7")
+def hold(job_id: JobId) -> None:
+    """Keep a waiting job from starting; pause (SIGSTOP) a running one."""
+    _request("hold", job_id)
+
+
+@app.command(epilog="Example:\n\n  ecoq release 7")
+def release(job_id: JobId) -> None:
+    """Undo `hold`: plan a held job again, or resume (SIGCONT) a paused one."""
+    _request("release", job_id)
+
+
+@app.command(epilog="Example:\n\n  ecoq start 7")
+def start(job_id: JobId) -> None:
+    """Run a waiting job now, ignoring carbon (the daemon starts it at its next tick)."""
+    _request("run_now", job_id)
+
+
+@app.command(epilog="Example:\n\n  ecoq submit job.sh --deadline 2h && ecoq wait 7 && echo done")
+def wait(
+    job_id: JobId,
+    timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds (exit 124).")
+    ] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between checks.")] = 1.0,
+) -> None:
+    """Block until the job ends; exit with its exit code (1 if it ended without one)."""
+    from ecoq.states import TERMINAL
+
+    started = time.monotonic()
+    with errors():
+        while True:
+            job = load_job(job_id)
+            if job.state in TERMINAL:
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                typer.echo(f"job {job_id} still {job.state} after {timeout:g} s", err=True)
+                raise typer.Exit(124)
+            time.sleep(poll)
+    typer.echo(f"job {job_id} {job.state}" + (f" (exit {job.exit_code})" if job.exit_code else ""))
+    if job.state == "succeeded":
+        raise typer.Exit(0)
+    raise typer.Exit(job.exit_code if job.exit_code else 1)
+
+
+@app.command(epilog="Examples:\n\n  ecoq logs 7\n\n  ecoq logs 7 --follow")
+def logs(
+    job_id: JobId,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until it ends.")
+    ] = False,
+) -> None:
+    """Print the job's output (stdout and stderr of its latest run)."""
+    from ecoq.states import TERMINAL
+    from ecoq.views import latest_run_dir
+
+    with errors():
+        job = load_job(job_id)
+        reader = open_reader()
+        run_dir = latest_run_dir(reader, job_id) if reader is not None else None
+        if run_dir is None and not follow:
+            typer.echo(f"job {job_id} is {job.state} and has no output yet", err=True)
+            return
+        offset = 0
+        while True:
+            if run_dir is None:
+                run_dir = latest_run_dir(reader, job_id) if reader is not None else None
+            if run_dir is not None:
+                offset = _print_from(run_dir / "output.log", offset)
+            if not follow or job.state in TERMINAL:
+                if follow and run_dir is not None:
+                    _print_from(run_dir / "output.log", offset)
+                return
+            time.sleep(0.5)
+            job = load_job(job_id)
+
+
+def _print_from(path: Path, offset: int) -> int:
+    import sys
+
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return offset
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return offset + len(data)

@@ -1,0 +1,175 @@
+"""The database: engines, the SQLite settings that make concurrent use safe, and migrations.
+
+SQLite (the default) runs in WAL mode with a busy timeout, and every transaction starts with
+`BEGIN IMMEDIATE`, so several `ecoq submit` shells and a ticking daemon queue up for the write
+lock instead of failing. The schema is created or upgraded on first use by Alembic, under a file
+lock so two processes opening a new database do not race.
+"""
+
+import fcntl
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session
+
+from ecoq.errors import DatabaseError
+from ecoq.migrations import HEAD
+from ecoq.views import sqlite_path
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url` (any SQLAlchemy URL). Raises DatabaseError for an unusable URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(
+            f"database URL {url!r} is not a valid SQLAlchemy URL ({exc}); "
+            "fix database.url or ECOQ_DATABASE_URL"
+        ) from exc
+    if parsed.get_backend_name() != "sqlite":
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except (ImportError, SQLAlchemyError) as exc:
+            raise DatabaseError(
+                f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}; "
+                "for PostgreSQL install `ecoq[postgres]`"
+            ) from exc
+    path = sqlite_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot create the database folder {path.parent}: {exc.strerror}; "
+                "set paths.data_dir or database.url to a writable place"
+            ) from exc
+    engine = create_engine(
+        url,
+        poolclass=NullPool,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
+    )
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_begin_immediate)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.execute("PRAGMA journal_mode = WAL")  # persistent; cheap once set
+    cur.close()
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    # Take the write lock up front: a deferred transaction that later writes can fail with
+    # SQLITE_BUSY without ever waiting on the busy timeout.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".migrate.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or None for an empty database."""
+    with engine.connect() as conn:
+        try:
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+        except OperationalError:
+            return None
+        except SQLAlchemyError:
+            conn.rollback()
+            return None
+    return None if row is None else str(row[0])
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema to `HEAD`. Raises DatabaseError naming the database."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot migrate database {engine.url.render_as_string(hide_password=True)}: {exc}"
+        ) from exc
+
+
+def open_engine(url: str) -> Engine:
+    """An engine whose database exists and is at the current schema (created on first use).
+
+    Raises:
+        DatabaseError: unusable URL, unreachable server, or a database newer than this ecoq.
+    """
+    engine = make_engine(url)
+    try:
+        revision = current_revision(engine)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(
+            f"cannot open database {engine.url.render_as_string(hide_password=True)}: {exc}; "
+            "check database.url and that the server is running"
+        ) from exc
+    if revision != HEAD:
+        with _migration_lock(url):
+            if current_revision(engine) != HEAD:
+                _refuse_unknown_revision(engine, current_revision(engine))
+                migrate(engine)
+    return engine
+
+
+def _refuse_unknown_revision(engine: Engine, revision: str | None) -> None:
+    versions = Path(__file__).with_name("migrations") / "versions"
+    known = {p.name.split("_", 1)[0] for p in versions.glob("*.py")}
+    if revision is not None and revision not in known:
+        raise DatabaseError(
+            f"database {engine.url.render_as_string(hide_password=True)} is at schema revision "
+            f"{revision!r}, newer than this ecoq knows ({HEAD}); upgrade ecoq"
+        )
+
+
+def session(engine: Engine) -> Session:
+    """A session whose objects stay readable after commit."""
+    return Session(engine, expire_on_commit=False)
+
+
+class EngineReader:
+    """The `ecoq.views.Reader` for any SQLAlchemy engine (used for PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(text(sql), dict(params))]
+
+
+def ensure_private(path: Path) -> None:
+    """Make a data folder readable only by its owner (it holds job environments and logs)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)

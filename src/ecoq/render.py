@@ -1,0 +1,119 @@
+"""Text the CLI shows, built from `JobView`s. Pure: returns strings and rows, prints nothing."""
+
+from datetime import UTC, datetime, timedelta
+
+from ecoq.views import JobView, iso
+
+
+def hm(when: datetime | None, now: datetime | None = None) -> str:
+    """`03:00 UTC`, with the date when it is not today (relative to `now`)."""
+    if when is None:
+        return "-"
+    when = when.astimezone(UTC)
+    if now is not None and when.date() != now.astimezone(UTC).date():
+        return when.strftime("%a %d %b %H:%M UTC")
+    return when.strftime("%H:%M UTC")
+
+
+def span(seconds: float) -> str:
+    """`2h05m`, `12m30s` or `45s`."""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def saving_pct(job: JobView) -> float | None:
+    if job.plan_g_per_kwh is None or not job.now_g_per_kwh:
+        return None
+    return 100.0 * (job.now_g_per_kwh - job.plan_g_per_kwh) / job.now_g_per_kwh
+
+
+def plan_phrase(job: JobView, now: datetime) -> str:
+    """`start 03:00 UTC in DE, 212 g/kWh vs 341 now, −38 % (typical profile)`."""
+    start = job.planned_start
+    when = "now" if start is None or start - now < timedelta(seconds=60) else hm(start, now)
+    text = f"start {when} in {job.zone}"
+    pct = saving_pct(job)
+    if job.plan_g_per_kwh is not None and job.now_g_per_kwh is not None and pct is not None:
+        sign = "−" if pct > 0.05 else ("+" if pct < -0.05 else "±")
+        text += (
+            f", {job.plan_g_per_kwh:.0f} g/kWh vs {job.now_g_per_kwh:.0f} now, "
+            f"{sign}{abs(pct):.0f} %"
+        )
+    label = job.plan_label or "no forecast"
+    signal = f", {job.plan_signal} signal" if job.plan_signal else ""
+    return f"{text} ({label}{signal})"
+
+
+def submit_line(job: JobView, now: datetime) -> str:
+    if job.state == "planned":
+        return f"job {job.id} planned: {plan_phrase(job, now)}"
+    return f"job {job.id} {job.state}"
+
+
+QUEUE_HEADER = ("id", "name", "state", "zone", "planned start", "g/kWh", "deadline", "user")
+
+
+def queue_row(job: JobView, now: datetime) -> tuple[str, ...]:
+    flags = [f for f, on in (("held", job.held), ("late", job.late)) if on]
+    if job.request:
+        flags.append(f"{job.request} requested")
+    state = str(job.state) + (f" ({', '.join(flags)})" if flags else "")
+    g = f"{job.plan_g_per_kwh:.0f}" if job.plan_g_per_kwh is not None else "-"
+    start = job.started_at if job.started_at else job.planned_start
+    return (
+        str(job.id),
+        job.name,
+        state,
+        job.zone,
+        hm(start, now),
+        g,
+        hm(job.deadline, now),
+        job.user,
+    )
+
+
+def show_lines(job: JobView, now: datetime) -> list[tuple[str, str]]:
+    """(label, value) pairs for `ecoq show`, explaining the plan."""
+    rows = [
+        ("job", f"{job.id} {job.name!r}"),
+        (
+            "state",
+            str(job.state) + (" (late)" if job.late else "") + (" (held)" if job.held else ""),
+        ),
+        ("command", " ".join(_quote(a) for a in job.command)),
+        ("cwd", job.cwd),
+        ("user", job.user + (f", project {job.project}" if job.project else "")),
+        ("zone", job.zone + (f", site {job.site}" if job.site else "")),
+        ("gpus", str(job.gpus)),
+        ("submitted", iso(job.submitted_at) or "-"),
+        ("not before", iso(job.not_before) or "-"),
+        ("deadline", f"{iso(job.deadline)} (finish by)"),
+        ("duration", f"{span(job.duration_s)} ({job.duration_source})"),
+        ("latest start", iso(job.deadline - timedelta(seconds=job.duration_s)) or "-"),
+    ]
+    if job.planned_start is not None:
+        rows.append(("plan", plan_phrase(job, now)))
+        rows.append(("why", job.plan_reason or "-"))
+    if job.request:
+        rows.append(("request", f"{job.request} (the daemon carries it out at its next tick)"))
+    if job.started_at:
+        rows.append(("started", iso(job.started_at) or "-"))
+    if job.finished_at:
+        rows.append(("finished", iso(job.finished_at) or "-"))
+        if job.started_at:
+            rows.append(("ran for", span((job.finished_at - job.started_at).total_seconds())))
+    if job.exit_code is not None:
+        rows.append(("exit code", str(job.exit_code)))
+    if job.reason:
+        rows.append(("reason", job.reason))
+    return rows
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
