@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402
+
 SECTION = "## CLI start-up"
 
 
@@ -30,17 +31,6 @@ def measure(argv: list[str], env: dict[str, str], runs: int) -> list[float]:
         subprocess.run(argv, env=env, check=True, capture_output=True)
         times.append(time.perf_counter() - start)
     return times
-
-
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in old:
-        head, _, rest = old.partition(SECTION)
-        tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-        new = head + text + tail
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
 
 
 def main() -> None:
@@ -82,8 +72,6 @@ def main() -> None:
             rows.append((label, median, median / base, target))
 
     lines = [
-        SECTION,
-        "",
         f"Command: `python benchmarks/startup.py --runs {args.runs}` (median of {args.runs} runs "
         "after one warm-up, PYTHONDONTWRITEBYTECODE unset so compiled caches are used).",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -99,7 +87,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":
