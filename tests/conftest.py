@@ -2,6 +2,7 @@
 
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +11,19 @@ import pytest
 
 from ecoq.db import open_engine
 from ecoq.scheduler.queue import JobSpec, Queue
+
+#: A PostgreSQL server for the `pg` tier (`.ci/run` starts one); read before the environment is
+#: cleaned for each test.
+PG_URL = os.environ.get("ECOQ_TEST_PG_URL", "")
+#: Set by `.ci/run`: there, a missing service is a failure, not a skip.
+REQUIRE_SERVICES = os.environ.get("ECOQ_REQUIRE_SERVICES") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose service is absent, except in CI, where that is a failure."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason}, but ECOQ_REQUIRE_SERVICES=1 (CI) requires it")
+    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +62,60 @@ def db_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ecoq.db'}"
 
 
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database, copied for each test (much faster than migrating)."""
+    if not PG_URL:
+        skip_or_fail("no PostgreSQL: set ECOQ_TEST_PG_URL (.ci/run starts one)")
+    from sqlalchemy import create_engine, text
+
+    name = f"ecoq_tmpl_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    open_engine(_pg_db(name)).dispose()
+    try:
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _pg_db(name: str) -> str:
+    return PG_URL.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture
-def queue(db_url: str, clock: FakeClock) -> Queue:
-    return Queue(open_engine(db_url), clock=clock)
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database at the current schema for one test."""
+    from sqlalchemy import create_engine, text
+
+    name = f"ecoq_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    try:
+        yield _pg_db(name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that uses it runs on SQLite and, when a server is available, PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ecoq.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def queue(any_db_url: str, clock: FakeClock) -> Iterator[Queue]:
+    engine = open_engine(any_db_url)
+    yield Queue(engine, clock=clock)
+    engine.dispose()
 
 
 def make_spec(

@@ -3,7 +3,6 @@
 Every test passes `env=` explicitly, so the real environment never leaks in.
 """
 
-import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -15,19 +14,20 @@ import pytest
 from ecoq.config import (
     CREDENTIAL_ENV_VARS,
     KNOWN_ENV_VARS,
-    SECTIONS,
     Settings,
+    all_keys,
     default_data_dir,
     describe,
     env_var_name,
     load_settings,
     redact_url,
+    setting_value,
     user_config_path,
 )
 from ecoq.errors import ConfigError, UsageError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "ecoq.example.toml"
-ALL_KEYS = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+ALL_KEYS = all_keys()  # leaf keys, nested tables included (forecast.watttime.base_url)
 
 
 @pytest.fixture
@@ -45,8 +45,16 @@ def write(path: Path, text: str) -> Path:
 
 
 def value(settings: Settings, key: str) -> object:
-    section, name = key.split(".")
-    return getattr(getattr(settings, section), name)
+    return setting_value(settings, key)
+
+
+def flat_keys(table: dict[str, object], prefix: str = "") -> list[str]:
+    """The dotted leaf keys of a parsed TOML table."""
+    keys: list[str] = []
+    for name, item in table.items():
+        dotted = f"{prefix}{name}"
+        keys += flat_keys(item, dotted + ".") if isinstance(item, dict) else [dotted]
+    return keys
 
 
 # --- defaults and the example file ------------------------------------------------------------
@@ -79,7 +87,7 @@ def test_settings_constructed_directly_are_the_defaults(env: dict[str, str]) -> 
 
 def test_example_file_lists_every_key_with_its_default(env: dict[str, str]) -> None:
     data = tomllib.loads(EXAMPLE.read_text())
-    listed = [f"{s}.{k}" for s, table in data.items() for k in table]
+    listed = flat_keys(data)
     assert sorted(listed) == sorted(ALL_KEYS)
     settings = load_settings(config_file=EXAMPLE, env=env)
     defaults = Settings()
@@ -318,12 +326,11 @@ def test_section_that_is_not_a_table(tmp_path: Path, env: dict[str, str]) -> Non
     assert "'planner' is not a section" in msg
 
 
-def test_nested_table_is_unknown_key(tmp_path: Path, env: dict[str, str]) -> None:
-    path, msg = load_file(
-        tmp_path, env, "[forecast]\nprovider = 'bundled'\n\n[forecast.watttime]\n"
-    )
+def test_unknown_nested_table_is_unknown_key(tmp_path: Path, env: dict[str, str]) -> None:
+    path, msg = load_file(tmp_path, env, "[forecast]\nprovider = 'bundled'\n\n[forecast.wattime]\n")
     assert f"{path}:4" in msg
-    assert "unknown key 'watttime' in [forecast]" in msg
+    assert "unknown key 'wattime' in [forecast]" in msg
+    assert "tables [forecast.electricitymaps], [forecast.ukgrid], [forecast.watttime]" in msg
 
 
 def test_wrong_type_in_file(tmp_path: Path, env: dict[str, str]) -> None:
@@ -392,7 +399,11 @@ def test_zero_kill_grace_and_min_saving_bounds_allowed(env: dict[str, str]) -> N
     [
         ("planner.averaging", "simpson", "'interval', 'trapezoid'"),
         ("planner.fail_policy", "never", "'now', 'latest'"),
-        ("forecast.provider", "watttime", "'bundled', 'file'"),
+        (
+            "forecast.provider",
+            "wattime",
+            "'bundled', 'file', 'watttime', 'electricitymaps', 'ukgrid'",
+        ),
     ],
 )
 def test_bad_enum_lists_valid_values(env: dict[str, str], key: str, bad: str, valid: str) -> None:
@@ -426,8 +437,10 @@ def test_unknown_env_var_suggests(env: dict[str, str]) -> None:
     assert "ECOQ_PLANNER__MIN_SAVINGS is not a setting" in msg
     assert "did you mean ECOQ_PLANNER__MIN_SAVING" in msg
     assert "Fix: rename or unset ECOQ_PLANNER__MIN_SAVINGS" in msg
-    with pytest.raises(ConfigError, match="ECOQ_FORECAST__WATTTIME__BASE_URL is not a setting"):
-        load_settings(env={**env, "ECOQ_FORECAST__WATTTIME__BASE_URL": "https://x"})
+    with pytest.raises(
+        ConfigError, match="ECOQ_FORECAST__WATTTIME__BASE_UR is not a setting.*BASE_URL"
+    ):
+        load_settings(env={**env, "ECOQ_FORECAST__WATTTIME__BASE_UR": "https://x"})
 
 
 def test_file_provider_needs_a_file(tmp_path: Path, env: dict[str, str]) -> None:
@@ -517,3 +530,80 @@ def test_import_is_stdlib_only_and_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "False"]
+
+
+# --- nested tables: [forecast.watttime], [forecast.electricitymaps], [forecast.ukgrid] ----------
+
+
+def test_provider_tables_defaults(env: dict[str, str]) -> None:
+    forecast = load_settings(env=env).forecast
+    assert forecast.watttime.base_url == "https://api.watttime.org"
+    assert forecast.watttime.signal_type == "co2_moer"
+    assert forecast.electricitymaps.base_url == "https://api.electricitymaps.com"
+    assert forecast.electricitymaps.emission_factor == "lifecycle"
+    assert forecast.ukgrid.base_url == "https://api.carbonintensity.org.uk"
+    assert forecast.ukgrid.timeout_s == 10.0
+    assert env_var_name("forecast.watttime.base_url") == "ECOQ_FORECAST__WATTTIME__BASE_URL"
+
+
+def test_provider_tables_from_file_env_and_cli(tmp_path: Path, env: dict[str, str]) -> None:
+    path = write(
+        tmp_path / "c.toml",
+        """\
+        [forecast]
+        provider = "watttime"
+
+        [forecast.watttime]
+        base_url = "https://proxy.example/wt/"
+        timeout_s = 3
+        [forecast.electricitymaps]
+        emission_factor = "direct"
+        """,
+    )
+    env |= {"ECOQ_FORECAST__UKGRID__TIMEOUT_S": "2.5"}
+    settings = load_settings(
+        config_file=path, env=env, overrides={"forecast.watttime.signal_type": "co2_aoer"}
+    )
+    forecast = settings.forecast
+    assert forecast.provider == "watttime"
+    assert forecast.watttime.base_url == "https://proxy.example/wt/"
+    assert forecast.watttime.timeout_s == 3.0
+    assert forecast.watttime.signal_type == "co2_aoer"
+    assert forecast.electricitymaps.emission_factor == "direct"
+    assert forecast.ukgrid.timeout_s == 2.5
+    assert settings.sources["forecast.watttime.base_url"] == f"file {path}:5"
+    assert settings.sources["forecast.ukgrid.timeout_s"] == "env ECOQ_FORECAST__UKGRID__TIMEOUT_S"
+    shown = {key: text for key, text, _ in describe(settings)}
+    assert shown["forecast.watttime.timeout_s"] == "3.0"
+
+
+def test_dotted_nested_keys_in_file(tmp_path: Path, env: dict[str, str]) -> None:
+    path = write(tmp_path / "c.toml", '[forecast]\nukgrid.base_url = "http://mirror:8080"\n')
+    settings = load_settings(config_file=path, env=env)
+    assert settings.forecast.ukgrid.base_url == "http://mirror:8080"
+    assert settings.sources["forecast.ukgrid.base_url"] == f"file {path}:2"
+
+
+@pytest.mark.parametrize(
+    ("var", "text", "expected"),
+    [
+        ("ECOQ_FORECAST__WATTTIME__BASE_URL", "https://api.watttime.org/v3", "without it"),
+        ("ECOQ_FORECAST__ELECTRICITYMAPS__BASE_URL", "api.electricitymaps.com", "http(s) URL"),
+        ("ECOQ_FORECAST__UKGRID__TIMEOUT_S", "0", "seconds > 0"),
+        ("ECOQ_FORECAST__WATTTIME__SIGNAL_TYPE", "health_damage", "'co2_moer', 'co2_aoer'"),
+        ("ECOQ_FORECAST__ELECTRICITYMAPS__EMISSION_FACTOR", "x", "'lifecycle', 'direct'"),
+    ],
+)
+def test_bad_provider_settings(env: dict[str, str], var: str, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={**env, var: text})
+    assert expected in str(info.value)
+    assert var in str(info.value)
+
+
+def test_provider_table_must_be_a_table(tmp_path: Path, env: dict[str, str]) -> None:
+    _, msg = load_file(tmp_path, env, "[forecast]\nwatttime = 3\n")
+    assert "forecast.watttime must be a table [forecast.watttime]" in msg
+    _, msg = load_file(tmp_path, env, "[forecast.watttime]\nbase = 'x'\n")
+    assert "unknown key 'base' in [forecast.watttime]" in msg
+    assert "valid keys are base_url, timeout_s, signal_type" in msg

@@ -14,11 +14,11 @@ from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
 
 import ecoq.db
-from ecoq.db import current_revision, open_engine
+from ecoq.db import EngineReader, current_revision, open_engine
 from ecoq.errors import DatabaseError
 from ecoq.migrations import HEAD
 from ecoq.scheduler.queue import Queue
-from ecoq.views import SqliteReader, fast_reader, list_jobs, sqlite_revision
+from ecoq.views import SqliteReader, fast_reader, get_job, list_jobs, sqlite_revision
 from tests.conftest import FakeClock, make_spec
 
 
@@ -45,15 +45,23 @@ def test_new_database_is_created_in_wal_mode_at_head(db_url: str, tmp_path: Path
     assert sqlite_revision(tmp_path / "ecoq.db") == HEAD
 
 
-def test_fast_reader_sees_what_the_orm_wrote(queue: Queue, clock: FakeClock, db_url: str) -> None:
+def test_readers_see_what_the_orm_wrote(any_db_url: str, clock: FakeClock) -> None:
+    engine = open_engine(any_db_url)
+    queue = Queue(engine, clock=clock)
     job = queue.submit(make_spec(clock(), command=["/bin/echo", "a b", "ü;$(x)"]))
-    reader = fast_reader(db_url)
-    assert isinstance(reader, SqliteReader)
-    [view] = list_jobs(reader)
-    assert view.id == job.id
-    assert view.command == ["/bin/echo", "a b", "ü;$(x)"]
-    assert view.submitted_at == clock.now
-    assert view.deadline.tzinfo is not None
+    fast = fast_reader(any_db_url)
+    if any_db_url.startswith("sqlite"):
+        assert isinstance(fast, SqliteReader)
+    else:
+        assert fast is None  # other databases are read through the engine
+    for reader in [r for r in (fast, EngineReader(engine)) if r is not None]:
+        [view] = list_jobs(reader)
+        assert view.id == job.id
+        assert view.command == ["/bin/echo", "a b", "ü;$(x)"]
+        assert view.submitted_at == clock.now
+        assert view.deadline.tzinfo is not None
+        assert view == get_job(reader, job.id or 0)
+    engine.dispose()
 
 
 def test_fast_reader_is_none_without_a_current_schema(tmp_path: Path) -> None:

@@ -32,7 +32,9 @@ KNOWN_ENV_VARS: frozenset[str] = CREDENTIAL_ENV_VARS | {
 
 Averaging = Literal["interval", "trapezoid"]
 FailPolicy = Literal["now", "latest"]
-ProviderName = Literal["bundled", "file"]
+ProviderName = Literal["bundled", "file", "watttime", "electricitymaps", "ukgrid"]
+WattTimeSignal = Literal["co2_moer", "co2_aoer"]
+EmissionFactor = Literal["lifecycle", "direct"]
 
 _URL_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@?#]*):.*@")  # greedy: over-redact, never leak
 
@@ -71,17 +73,54 @@ class PlannerSettings:
 
 
 @dataclass(frozen=True)
+class WattTimeSettings:
+    base_url: str = "https://api.watttime.org"  #: the API root, without /v3
+    timeout_s: float = 10.0  #: seconds per connect and per read
+    signal_type: WattTimeSignal = "co2_moer"  #: co2_moer = marginal; co2_aoer = average
+
+
+@dataclass(frozen=True)
+class ElectricityMapsSettings:
+    base_url: str = "https://api.electricitymaps.com"  #: the API root, without /v3
+    timeout_s: float = 10.0  #: seconds per connect and per read
+    emission_factor: EmissionFactor = "lifecycle"  #: emissionFactorType: lifecycle or direct
+
+
+@dataclass(frozen=True)
+class UKGridSettings:
+    base_url: str = "https://api.carbonintensity.org.uk"  #: the API root
+    timeout_s: float = 10.0  #: seconds per connect and per read
+
+
+@dataclass(frozen=True)
 class ForecastSettings:
     provider: ProviderName = "bundled"
     file: str = ""  #: forecast file for provider "file"
     max_age_s: int = 21600  #: seconds after which a cached forecast is stale
     refresh_interval_s: int = 1800  #: seconds between forecast refreshes in the daemon
+    #: nested tables [forecast.watttime], [forecast.electricitymaps], [forecast.ukgrid]
+    watttime: WattTimeSettings = field(default_factory=WattTimeSettings)
+    electricitymaps: ElectricityMapsSettings = field(default_factory=ElectricityMapsSettings)
+    ukgrid: UKGridSettings = field(default_factory=UKGridSettings)
 
 
 @dataclass(frozen=True)
 class DaemonSettings:
     tick_interval_s: float = 5.0  #: seconds between daemon ticks
     kill_grace_s: float = 30.0  #: seconds from SIGTERM to SIGKILL (cancelled jobs, cold stop)
+
+
+@dataclass(frozen=True)
+class MetersSettings:
+    """``[meters]``; the defaults equal `ecoq.meters.MeterDefaults` (a test keeps them so)."""
+
+    rapl: bool = True  #: read RAPL CPU counters when readable (false: CPU estimate)
+    nvml: bool = True  #: meter the job's NVIDIA GPUs through NVML
+    powercap_root: str = "/sys/class/powercap"  #: where RAPL's powercap tree is
+    interval_s: float = 5.0  #: seconds between samples of a running job
+    cpu_watts: float = 0.0  #: CPU watts at full load for the estimate; 0 = from the TDP table
+    ram_w_per_gb: float = 0.375  #: W per GB of resident memory for the estimate; 0 = no RAM
+    nvml_power_interval_s: float = 0.1  #: seconds between power samples (GPUs without counter)
 
 
 #: Section name -> its dataclass; the fields of each are the section's keys, in documented order.
@@ -92,6 +131,7 @@ SECTIONS: Mapping[str, type[Any]] = {
     "planner": PlannerSettings,
     "forecast": ForecastSettings,
     "daemon": DaemonSettings,
+    "meters": MetersSettings,
 }
 
 
@@ -105,6 +145,7 @@ class Settings:
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    meters: MetersSettings = field(default_factory=MetersSettings)
     #: "section.key" -> "default" | "file <path>:<line>" | "env ECOQ_X" | "cli <flag or key>"
     sources: Mapping[str, str] = field(default_factory=dict, hash=False)
     config_file: Path | None = None  #: the TOML file read, if any
@@ -134,25 +175,50 @@ class Settings:
 
 @dataclass(frozen=True)
 class _Key:
-    dotted: str  # "section.key"
-    section: str
+    dotted: str  # "section.key" or "section.table.key"
+    section: str  # the table holding the key: "section" or "section.table"
     name: str
     type: type[Any]  # int, float, bool or str
     default: Any
     choices: tuple[str, ...]  # for Literal fields
 
 
+def _is_table(typ: object) -> bool:
+    """Whether a field's type is a nested table (a settings dataclass), like forecast.watttime."""
+    return isinstance(typ, type) and dataclasses.is_dataclass(typ)
+
+
+def _table_keys(section: str, cls: type[Any], keys: dict[str, _Key]) -> None:
+    for f in dataclasses.fields(cls):
+        dotted = f"{section}.{f.name}"
+        if _is_table(f.type):
+            _table_keys(dotted, cast(type[Any], f.type), keys)
+            continue
+        literal = get_origin(f.type) is Literal
+        typ = str if literal else cast(type[Any], f.type)
+        choices = get_args(f.type) if literal else ()
+        keys[dotted] = _Key(dotted, section, f.name, typ, f.default, choices)
+
+
 @functools.cache
 def _schema() -> dict[str, _Key]:
     keys: dict[str, _Key] = {}
     for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            literal = get_origin(f.type) is Literal
-            typ = str if literal else cast(type[Any], f.type)
-            dotted = f"{section}.{f.name}"
-            choices = get_args(f.type) if literal else ()
-            keys[dotted] = _Key(dotted, section, f.name, typ, f.default, choices)
+        _table_keys(section, cls, keys)
     return keys
+
+
+def all_keys() -> list[str]:
+    """Every setting as a dotted key (``planner.min_saving``, ``forecast.watttime.base_url``)."""
+    return list(_schema())
+
+
+def setting_value(settings: "Settings", key: str) -> Any:
+    """The value of dotted `key` in `settings`."""
+    value: Any = settings
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 #: Range checks: "section.key" -> (predicate, what is expected).
@@ -162,16 +228,23 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "planner.default_duration_s": (lambda v: v > 0, "a number of seconds > 0"),
     "forecast.max_age_s": (lambda v: v > 0, "a number of seconds > 0"),
     "forecast.refresh_interval_s": (lambda v: v > 0, "a number of seconds > 0"),
+    "forecast.watttime.timeout_s": (lambda v: v > 0, "a number of seconds > 0"),
+    "forecast.electricitymaps.timeout_s": (lambda v: v > 0, "a number of seconds > 0"),
+    "forecast.ukgrid.timeout_s": (lambda v: v > 0, "a number of seconds > 0"),
     "daemon.tick_interval_s": (lambda v: v > 0, "a number of seconds > 0"),
     "daemon.kill_grace_s": (lambda v: v >= 0, "a number of seconds >= 0"),
+    "meters.interval_s": (lambda v: v > 0, "a number of seconds > 0"),
+    "meters.cpu_watts": (lambda v: v >= 0, "a number of watts >= 0 (0 = from the TDP table)"),
+    "meters.ram_w_per_gb": (lambda v: v >= 0, "a number of W per GB >= 0 (0 = no RAM estimate)"),
+    "meters.nvml_power_interval_s": (lambda v: v > 0, "a number of seconds > 0"),
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
 
 
 def env_var_name(key: str) -> str:
-    """The environment variable for ``"section.key"``: ``ECOQ_SECTION__KEY``."""
-    section, name = key.split(".")
-    return f"ECOQ_{section.upper()}__{name.upper()}"
+    """The environment variable for ``"section.key"``: ``ECOQ_SECTION__KEY`` (nested tables add
+    a part: ``forecast.watttime.base_url`` -> ``ECOQ_FORECAST__WATTTIME__BASE_URL``)."""
+    return "ECOQ_" + "__".join(part.upper() for part in key.split("."))
 
 
 def _home(env: Mapping[str, str]) -> Path:
@@ -341,18 +414,39 @@ def _file_values(path: Path, given_by: str, errors: list[str]) -> _Layer:
                 f"[{'], ['.join(SECTIONS)}] holding keys. Fix: {o.fix}."
             )
             continue
-        for name, value in table.items():
-            dotted = f"{section}.{name}"
-            o = origin(dotted)
-            if dotted in schema:
-                values[dotted] = (value, o)
-                continue
+        _table_values(section, table, schema, origin, values, errors)
+    return values
+
+
+def _table_values(
+    section: str,
+    table: dict[str, Any],
+    schema: dict[str, _Key],
+    origin: Callable[[str], "_Origin"],
+    values: _Layer,
+    errors: list[str],
+) -> None:
+    """Collect the keys of TOML `table` ([section], or a nested [section.table]) into `values`."""
+    tables = {k.section for k in schema.values()}
+    for name, value in table.items():
+        dotted = f"{section}.{name}"
+        o = origin(dotted)
+        if dotted in schema:
+            values[dotted] = (value, o)
+        elif dotted in tables and isinstance(value, dict):
+            _table_values(dotted, value, schema, origin, values, errors)
+        elif dotted in tables:
+            errors.append(
+                f"{o.where}: {dotted} must be a table [{dotted}] holding keys. Fix: {o.fix}."
+            )
+        else:
             valid = ", ".join(k.name for k in schema.values() if k.section == section)
+            nested = sorted(t for t in tables if t.rpartition(".")[0] == section)
+            also = f"; tables {', '.join(f'[{t}]' for t in nested)}" if nested else ""
             errors.append(
                 f"{o.where}: unknown key {name!r} in [{section}]; "
-                f"{_suggest(dotted, list(schema))}valid keys are {valid}. Fix: {o.fix}."
+                f"{_suggest(dotted, list(schema))}valid keys are {valid}{also}. Fix: {o.fix}."
             )
-    return values
 
 
 def _env_values(env: Mapping[str, str], errors: list[str]) -> _Layer:
@@ -450,17 +544,37 @@ def load_settings(
             "the path of the forecast file. Fix: set forecast.file (ECOQ_FORECAST__FILE) "
             "or choose provider 'bundled'."
         )
+    for dotted in (k for k in schema if k.endswith(".base_url")):
+        url = str(values[dotted]).strip().rstrip("/")
+        o = origins.get(dotted)
+        at = f"{o.where}: " if o else ""
+        fix = o.fix if o else f"set {dotted}"
+        if not url.startswith(("https://", "http://")):
+            errors.append(f"{at}{dotted} = {url!r} is not an http(s) URL. Fix: {fix}.")
+        elif url.endswith("/v3"):
+            errors.append(
+                f"{at}{dotted} = {url!r} ends in /v3; give the API root without it "
+                f"({url[:-3]!r}). Fix: {fix}."
+            )
     if errors:
         head = "invalid configuration:\n  " if len(errors) > 1 else ""
         raise ConfigError(head + "\n  ".join(errors))
     for dotted in ("paths.data_dir", "forecast.file"):
         values[dotted] = _expand_home(str(values[dotted]), env)
-    sections = {
-        name: cls(**{f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)})
-        for name, cls in SECTIONS.items()
-    }
+    sections = {name: _build(name, cls, values) for name, cls in SECTIONS.items()}
     fallback = default_data_dir(env)
     return Settings(**sections, sources=sources, config_file=path, fallback_data_dir=fallback)
+
+
+def _build(section: str, cls: type[Any], values: Mapping[str, object]) -> Any:
+    """An instance of the settings dataclass `cls` for table `section`, nested tables included."""
+    kwargs: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        dotted = f"{section}.{f.name}"
+        kwargs[f.name] = (
+            _build(dotted, cast(type[Any], f.type), values) if _is_table(f.type) else values[dotted]
+        )
+    return cls(**kwargs)
 
 
 def describe(settings: Settings) -> list[tuple[str, str, str]]:
@@ -476,7 +590,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
     }
     rows = []
     for dotted, key in _schema().items():
-        value = getattr(getattr(settings, key.section), key.name)
+        value = setting_value(settings, dotted)
         shown = _show(dotted, value)
         if value == key.default and dotted in meaning:
             shown += f" ({meaning[dotted]()})"

@@ -118,3 +118,30 @@ class Run(SQLModel, table=True):
     reason: str | None = None
     #: When the owning daemon sent SIGTERM (cancel or cold stop); SIGKILL follows after a grace.
     term_sent_at: datetime | None = _utc(default=None)
+
+
+class ForecastRecord(SQLModel, table=True):
+    """One fetched forecast, or one fetched series of realized values, as the provider gave it.
+
+    Points are stored compactly as JSON `[[epoch_s, g_per_kwh, is_estimated | null], ...]`
+    (gCO2eq/kWh; each value holds for `[t, t + step_s)`).
+    """
+
+    __tablename__ = "forecasts"
+    __table_args__ = (Index("ix_forecasts_lookup", "zone", "realized", "source", "issued_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    zone: str
+    source: str
+    signal: str
+    emission_factor: str | None = None
+    model: str | None = None
+    label: str
+    #: False: a forecast issued at `issued_at`; True: realized values (history) for accounting.
+    realized: bool = False
+    issued_at: datetime = _utc()
+    fetched_at: datetime = _utc()
+    step_s: int
+    start: datetime = _utc()
+    end: datetime = _utc()
+    points: list[list[float | None]] = Field(sa_column=Column(JSON, nullable=False))

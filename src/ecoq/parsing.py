@@ -51,9 +51,11 @@ def parse_time(text: str, *, flag: str) -> datetime:
             "like 12h"
         ) from None
     if when.tzinfo is None:
+        # A bare date takes no offset: `2026-12-01Z` is not ISO-8601, `2026-12-01T00:00Z` is.
+        example = raw if "T" in raw.upper() or " " in raw else f"{raw}T00:00"
         raise ValidationError(
             f"{flag} {text!r} has no UTC offset, so its meaning depends on the machine; "
-            f"add one, e.g. {raw}Z or {raw}+01:00"
+            f"add one, e.g. {example}Z or {example}+01:00"
         )
     return when.astimezone(UTC)
 

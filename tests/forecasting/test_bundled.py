@@ -131,13 +131,14 @@ def test_make_provider() -> None:
     assert provider.name == "file"
     with pytest.raises(ConfigError, match="forecast.file"):
         make_provider("file")
-    with pytest.raises(ConfigError, match="'watttime'.*'bundled', 'file'"):
-        make_provider("watttime")
+    with pytest.raises(ConfigError, match="'wattime'.*'bundled', 'file', 'watttime'"):
+        make_provider("wattime")
 
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, ecoq.forecasting, ecoq.forecasting.bundled, ecoq.forecasting.files; "
+        "import sys, ecoq.forecasting, ecoq.forecasting.bundled, ecoq.forecasting.files, "
+        "ecoq.forecasting.secrets, ecoq.forecasting.validation; "
         "heavy = {'pandas', 'numpy', 'httpx'} & set(sys.modules); "
         "assert not heavy, heavy; "
         "from ecoq.forecasting import bundled; "

@@ -16,8 +16,8 @@ from ecoq.db import open_engine
 from ecoq.forecasting import Forecast, IntensityPoint
 from ecoq.scheduler.daemon import Daemon, DaemonConfig, DaemonLock
 from ecoq.scheduler.executors.local import LocalExecutor
+from ecoq.scheduler.forecasts import ForecastSource
 from ecoq.scheduler.queue import Queue
-from ecoq.scheduler.replan import ForecastSource
 from ecoq.states import JobState
 from tests.conftest import make_spec
 
@@ -64,7 +64,7 @@ def make_daemon(rq: Queue, tmp_path: Path, **kw: object) -> Daemon:
     cfg = DaemonConfig(data_dir=tmp_path / "data", worker="box1", box_gpus=0, kill_grace_s=0.5)
     for key, value in kw.items():
         setattr(cfg, key, value)
-    daemon = Daemon(rq, ForecastSource(FlatProvider(), None), cfg)
+    daemon = Daemon(rq, ForecastSource(FlatProvider()), cfg)
     _DAEMONS.append(daemon)
     return daemon
 

@@ -411,3 +411,148 @@ def test_trapezoid_rule_matches_direct_integration(sc: dict[str, object]) -> Non
     assert got == want
     if want in means:
         assert mean == pytest.approx(float(means[want]), rel=1e-9, abs=1e-9)
+
+
+# plan_jobs: many jobs, sites, interruptible slots (the engine the daemon and simulate share).
+
+from ecoq.scheduler.planning import JobRequest, plan_jobs  # noqa: E402
+from ecoq.scheduler.sites import Site  # noqa: E402
+
+
+def one_site(forecast: Forecast, **job: object) -> object:
+    [placed] = plan_jobs(
+        [JobRequest(key=1, sites=("s",), **job)],  # type: ignore[arg-type]
+        [Site("s", forecast.zone)],
+        {forecast.zone: forecast},
+        now=job["earliest_start"],  # type: ignore[arg-type]
+        min_saving=0,
+    )
+    return placed
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(), st.sampled_from(["interval", "trapezoid"]))
+def test_plan_jobs_agrees_with_plan_window(sc: dict[str, object], rule: str) -> None:
+    tick: timedelta = sc["tick"]  # type: ignore[assignment]
+    forecast = make_forecast(
+        [float(v) for v in sc["values"]],  # type: ignore[attr-defined]
+        step=sc["step"] * tick,  # type: ignore[operator]
+        times=[T0 + p * tick for p in sc["positions"]],  # type: ignore[attr-defined]
+    )
+    earliest = T0 + sc["earliest"] * tick  # type: ignore[operator]
+    latest = T0 + sc["latest"] * tick  # type: ignore[operator]
+    duration = sc["duration"] * tick  # type: ignore[operator]
+    want = plan_window(
+        forecast, earliest_start=earliest, latest_start=latest, duration=duration,
+        min_saving=sc["min_saving"], rule=rule,  # type: ignore[arg-type]
+    )  # fmt: skip
+    [got] = plan_jobs(
+        [JobRequest(1, earliest, latest + duration, duration, ("s",))],
+        [Site("s", "TEST")],
+        {"TEST": forecast},
+        now=earliest,
+        min_saving=sc["min_saving"],  # type: ignore[arg-type]
+        rule=rule,  # type: ignore[arg-type]
+    )
+    assert got.start == want.start
+    assert got.reason == want.reason.replace(" (now only partly forecast)", "")
+    if want.start != earliest:
+        assert got.mean_g_per_kwh == pytest.approx(want.mean_g_per_kwh)
+        assert got.saving_fraction == pytest.approx(want.saving_fraction)
+
+
+@st.composite
+def hourly_jobs(draw: st.DrawFn) -> tuple[list[float], int, int, int, int | None]:
+    values = [float(draw(st.integers(0, 500))) for _ in range(draw(st.integers(2, 30)))]
+    need = draw(st.integers(1, len(values)))
+    first = draw(st.integers(0, len(values) - need))
+    stop = draw(st.integers(first + need, len(values)))
+    return values, need, first, stop, draw(st.sampled_from([None, 0, 1, 2]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(hourly_jobs())
+def test_deadlines_brute_force_and_interruptible_beats_contiguous(
+    case: tuple[list[float], int, int, int, int | None],
+) -> None:
+    values, need, first, stop, pauses = case
+    forecast = make_forecast(values)
+    common = {
+        "earliest_start": T0 + first * HOUR,
+        "deadline": T0 + stop * HOUR,
+        "duration": need * HOUR,
+    }
+    whole = one_site(forecast, **common)
+    split = one_site(forecast, interruptible=True, max_pauses=pauses, pause="checkpoint", **common)
+    brute = min(sum(values[s : s + need]) / need for s in range(first, stop - need + 1))
+    assert whole.mean_g_per_kwh == pytest.approx(brute)  # type: ignore[attr-defined]
+    assert split.mean_g_per_kwh <= whole.mean_g_per_kwh + 1e-9  # type: ignore[attr-defined]
+    assert split.saving_fraction >= whole.saving_fraction - 1e-9  # type: ignore[attr-defined]
+    for p in (whole, split):
+        assert not p.late and p.end <= common["deadline"]  # type: ignore[attr-defined]
+        assert p.start >= common["earliest_start"]  # type: ignore[attr-defined]
+    if pauses is not None:
+        assert len(split.segments) <= pauses + 1  # type: ignore[attr-defined]
+
+
+def test_plan_jobs_picks_the_cleaner_site_counting_pue() -> None:
+    de = make_forecast([300.0] * 12)
+    fr = Forecast("FR", "average", "t", "t", T0, HOUR, tuple(
+        IntensityPoint(T0 + i * HOUR, 200.0) for i in range(12)))  # fmt: skip
+    sites = [Site("home", "TEST"), Site("fr", "FR", pue=1.4), Site("fr2", "FR", pue=1.6)]
+    job = JobRequest(1, T0, T0 + 6 * HOUR, 2 * HOUR, ("home", "fr", "fr2"))
+    [p] = plan_jobs([job], sites, {"TEST": de, "FR": fr}, now=T0)
+    assert (p.site, p.zone, p.start) == ("fr", "FR", T0)
+    assert p.mean_g_per_kwh == pytest.approx(280.0)
+    assert p.now_g_per_kwh == pytest.approx(300.0)
+    assert p.reason == "cleanest window at fr"
+    assert (p.runner_up_site, p.runner_up_g_per_kwh) == ("home", pytest.approx(300.0))
+    [q] = plan_jobs([job], [Site("home", "TEST", pue=1.0), *sites[1:]], {"TEST": de, "FR": fr},
+                    now=T0, min_saving=0.1)  # fmt: skip
+    assert q.site == "home" and "below min_saving" in q.reason
+
+
+def test_plan_jobs_uses_the_fallback_beyond_the_horizon() -> None:
+    short = make_forecast([300.0] * 4, step=15 * MIN)  # one hour
+    typical = make_forecast([300.0] * 5 + [50.0] * 2 + [300.0] * 5)
+    job = JobRequest(1, T0, T0 + 10 * HOUR, 2 * HOUR, ("s",))
+    [p] = plan_jobs([job], [Site("s", "TEST")], {"TEST": short}, now=T0,
+                    fallbacks={"TEST": typical})  # fmt: skip
+    assert p.start == T0 + 5 * HOUR and p.mean_g_per_kwh == pytest.approx(50.0)
+    [q] = plan_jobs([job], [Site("s", "TEST")], {"TEST": short}, now=T0)
+    assert q.start == T0 and q.reason == "forecast does not cover a full window: run now"
+    [r] = plan_jobs([job], [Site("s", "NONE")], {}, now=T0)
+    assert r.start == T0 and r.mean_g_per_kwh is None and r.now_g_per_kwh is None
+
+
+def test_power_profile_weights_the_window() -> None:
+    forecast = make_forecast([100, 10, 100, 100, 10, 100])
+    heavy_end = JobRequest(1, T0, T0 + 6 * HOUR, 2 * HOUR, ("s",), profile=(1.0, 9.0))
+    [p] = plan_jobs([heavy_end], [Site("s", "TEST")], {"TEST": forecast}, now=T0)
+    assert p.start == T0  # the heavy second hour lands on the clean 01:00
+    assert p.mean_g_per_kwh == pytest.approx(0.1 * 100 + 0.9 * 10)
+
+
+def test_plan_jobs_validates() -> None:
+    sites = [Site("s", "TEST")]
+    good = JobRequest(1, T0, T0 + HOUR, HOUR, ("s",))
+    with pytest.raises(ValidationError, match="sites"):
+        plan_jobs([JobRequest(1, T0, T0 + HOUR, HOUR, ("x",))], sites, {}, now=T0)
+    with pytest.raises(ValidationError, match="not positive"):
+        plan_jobs([JobRequest(1, T0, T0 + HOUR, timedelta(0), ("s",))], sites, {}, now=T0)
+    with pytest.raises(ValidationError, match="unique"):
+        plan_jobs([good], sites * 2, {}, now=T0)
+    with pytest.raises(ValidationError, match="no timezone"):
+        plan_jobs([good], sites, {}, now=datetime(2026, 1, 1))
+    with pytest.raises(ValidationError, match="PUE"):
+        Site("s", "Z", pue=0.5)
+    assert plan_jobs([], sites, {}, now=T0) == []
+
+
+def test_importing_the_planner_does_not_import_numpy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, ecoq.scheduler.planning, ecoq.cli; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from ecoq.config import Settings
+    from ecoq.forecasting import ForecastProvider
+    from ecoq.scheduler.forecasts import ForecastSource
     from ecoq.scheduler.queue import Queue
-    from ecoq.scheduler.replan import ForecastSource
     from ecoq.views import JobView, Reader
 
 app = typer.Typer(
@@ -66,6 +67,17 @@ def settings() -> "Settings":
 
         STATE.settings = load_settings(config_file=STATE.config_file)
     return STATE.settings
+
+
+def examples(*lines: str, note: str = "") -> str:
+    """A command's epilog: its example command lines, one per line, then an optional note.
+
+    The lines follow click's `\\b` marker, which keeps the formatter from re-wrapping them
+    into one paragraph; the note is wrapped as usual.
+    """
+    head = "Example:" if len(lines) == 1 else "Examples:"
+    text = head + "\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+    return f"{text}\n\n{note}" if note else text
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -124,15 +136,38 @@ def load_job(job_id: int) -> "JobView":
     return job
 
 
-def forecast_source() -> "ForecastSource":
+def forecast_provider(kind: str | None = None) -> "ForecastProvider":
+    """The forecast provider `kind` (default `forecast.provider`), built from the settings and
+    the credentials (environment or secrets file).
+
+    Raises ConfigError: unknown kind, missing credentials, insecure secrets file, bad setting.
+    """
     from ecoq.forecasting import make_provider
-    from ecoq.forecasting.bundled import BundledProvider
-    from ecoq.scheduler.replan import ForecastSource
 
     cfg = settings().forecast
-    provider = make_provider(cfg.provider, file=Path(cfg.file) if cfg.file else None)
-    fallback = None if cfg.provider == "bundled" else BundledProvider()
-    return ForecastSource(provider, fallback)
+    return make_provider(
+        kind or cfg.provider,
+        file=Path(cfg.file) if cfg.file else None,
+        watttime=cfg.watttime,
+        electricitymaps=cfg.electricitymaps,
+        ukgrid=cfg.ukgrid,
+    )
+
+
+def forecast_source(*, provider: str | None = None) -> "ForecastSource":
+    """The failover chain for `provider` (default `forecast.provider`), with the database's
+    forecast cache behind it (see `ecoq.scheduler.forecasts`)."""
+    from ecoq.db import open_engine
+    from ecoq.forecasting.bundled import BundledProvider
+    from ecoq.scheduler.forecasts import ChainSettings, ForecastSource, ForecastStore
+
+    cfg = settings().forecast
+    return ForecastSource(
+        forecast_provider(provider),
+        store=ForecastStore(open_engine(settings().database_url)),
+        bundled=BundledProvider(),
+        settings=ChainSettings(refresh_s=cfg.refresh_interval_s, max_age_s=cfg.max_age_s),
+    )
 
 
 def box_gpus() -> int:

@@ -14,6 +14,7 @@ from ecoq.cli.app import (
     app,
     box_gpus,
     errors,
+    examples,
     forecast_source,
     load_job,
     open_queue,
@@ -26,20 +27,20 @@ from ecoq.cli.app import (
 if TYPE_CHECKING:
     from ecoq.scheduler.queue import JobSpec
 
-SUBMIT_EPILOG = """Examples:
-
-  ecoq submit train.sh --deadline 12h --duration 2h --zone DE
-
-  ecoq submit train.py --deadline 2026-12-01T08:00Z --gpus 2 -- --lr 3e-4 --epochs 10
-
-The deadline is when the job must FINISH (a span after now, or an ISO time with an offset).
-Arguments for the script go after it; put `--` before any that start with a dash."""
+SUBMIT_EPILOG = examples(
+    "ecoq submit train.sh --deadline 12h --duration 2h --zone DE",
+    "ecoq submit train.py --deadline 2026-12-01T08:00Z --gpus 2 -- --lr 3e-4 --epochs 10",
+    note="The deadline is when the job must FINISH (a span after now, or an ISO time with an "
+    "offset). Arguments for the script go after it; put `--` before any that start with a dash.",
+)
 
 
 @app.command(epilog=SUBMIT_EPILOG)
 def submit(
-    script: Annotated[str, typer.Argument(help="Script or command to run.")],
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script.")] = None,
+    script: Annotated[str, typer.Argument(metavar="SCRIPT", help="Script or command to run.")],
+    args: Annotated[
+        list[str] | None, typer.Argument(metavar="ARGS", help="Arguments for the script.")
+    ] = None,
     deadline: Annotated[
         str, typer.Option(help="Finish by: a span (12h, 90m, 1d) or an ISO time with offset.")
     ] = ...,  # type: ignore[assignment]
@@ -65,6 +66,7 @@ def submit(
     from ecoq.config import CREDENTIAL_ENV_VARS
     from ecoq.errors import ValidationError
     from ecoq.parsing import parse_duration, parse_when, resolve_script
+    from ecoq.render import span as span_text
     from ecoq.scheduler.queue import JobSpec, validate_spec
     from ecoq.scheduler.replan import PlannerParams, plan_fields
     from ecoq.views import JobView
@@ -107,13 +109,26 @@ def submit(
             not_before=not_before_at,
             drop_if_late=drop_if_late,
         )
-        validate_spec(spec, now, box_gpus=box_gpus())
-        queue = open_queue()
-        if duration is None:
+        queue = None
+        if duration is None and open_reader() is not None:  # no database: nothing to learn
+            queue = open_queue()
             learned = queue.learned_duration_s(argv)
-            if learned is not None:
-                spec = _with_duration(spec, timedelta(seconds=learned), "learned")
-                validate_spec(spec, now, box_gpus=box_gpus())
+            if learned is not None:  # runs under a second learn 1 s, never 0
+                spec = _with_duration(spec, timedelta(seconds=max(1, learned)), "learned")
+        try:
+            validate_spec(spec, now, box_gpus=box_gpus())
+        except ValidationError as exc:
+            if spec.duration_source == "user" or "--duration" not in str(exc):
+                raise
+            origin = {
+                "learned": "the median of earlier runs of this command",
+                "default": "planner.default_duration_s",
+            }[spec.duration_source]
+            raise ValidationError(
+                f"{exc} (no --duration was given, so the job's duration is {origin}: "
+                f"{span_text(spec.duration.total_seconds())}; pass --duration)"
+            ) from None
+        queue = queue or open_queue()
         params = PlannerParams(
             min_saving=cfg.planner.min_saving,
             rule=cfg.planner.averaging,
@@ -146,7 +161,7 @@ def _with_duration(spec: "JobSpec", span: timedelta, source: str) -> "JobSpec":
     return replace(spec, duration=span, duration_source=source)
 
 
-@app.command("queue", epilog="Examples:\n\n  ecoq queue\n\n  ecoq queue --all --json")
+@app.command("queue", epilog=examples("ecoq queue", "ecoq queue --all --json"))
 def queue_cmd(
     all_jobs: Annotated[bool, typer.Option("--all", help="Include finished jobs.")] = False,
     json_out: JsonOpt = False,
@@ -172,7 +187,7 @@ def queue_cmd(
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-@app.command(epilog="Examples:\n\n  ecoq show 7\n\n  ecoq show 7 --json")
+@app.command(epilog=examples("ecoq show 7", "ecoq show 7 --json"))
 def show(job_id: JobId, json_out: JsonOpt = False) -> None:
     """Show one job and explain its plan."""
     from ecoq.render import show_lines
@@ -188,6 +203,7 @@ def show(job_id: JobId, json_out: JsonOpt = False) -> None:
 
 def _request(action: str, job_id: int) -> None:
     with errors():
+        load_job(job_id)  # an unknown id is refused without creating a database
         queue = open_queue()
         outcome = getattr(queue, action)(job_id)
     verbs = {
@@ -200,32 +216,32 @@ def _request(action: str, job_id: int) -> None:
     typer.echo(verbs.get(outcome, f"job {job_id}: {outcome}"))
 
 
-@app.command(epilog="Example:\n\n  ecoq cancel 7")
+@app.command(epilog=examples("ecoq cancel 7"))
 def cancel(job_id: JobId) -> None:
     """Cancel a job. A running job gets SIGTERM (its process group), then SIGKILL after
     daemon.kill_grace_s."""
     _request("cancel", job_id)
 
 
-@app.command(epilog="Example:\n\n  ecoq hold 7")
+@app.command(epilog=examples("ecoq hold 7"))
 def hold(job_id: JobId) -> None:
     """Keep a waiting job from starting; pause (SIGSTOP) a running one."""
     _request("hold", job_id)
 
 
-@app.command(epilog="Example:\n\n  ecoq release 7")
+@app.command(epilog=examples("ecoq release 7"))
 def release(job_id: JobId) -> None:
     """Undo `hold`: plan a held job again, or resume (SIGCONT) a paused one."""
     _request("release", job_id)
 
 
-@app.command(epilog="Example:\n\n  ecoq start 7")
+@app.command(epilog=examples("ecoq start 7"))
 def start(job_id: JobId) -> None:
     """Run a waiting job now, ignoring carbon (the daemon starts it at its next tick)."""
     _request("run_now", job_id)
 
 
-@app.command(epilog="Example:\n\n  ecoq submit job.sh --deadline 2h && ecoq wait 7 && echo done")
+@app.command(epilog=examples("ecoq wait 7", "ecoq wait 7 --timeout 3600 && echo done"))
 def wait(
     job_id: JobId,
     timeout: Annotated[
@@ -252,7 +268,7 @@ def wait(
     raise typer.Exit(job.exit_code if job.exit_code else 1)
 
 
-@app.command(epilog="Examples:\n\n  ecoq logs 7\n\n  ecoq logs 7 --follow")
+@app.command(epilog=examples("ecoq logs 7", "ecoq logs 7 --follow"))
 def logs(
     job_id: JobId,
     follow: Annotated[

@@ -11,6 +11,8 @@ from ecoq.cli.app import (
     box_gpus,
     config_app,
     errors,
+    examples,
+    forecast_provider,
     forecast_source,
     open_queue,
     print_json,
@@ -18,15 +20,12 @@ from ecoq.cli.app import (
     utcnow,
 )
 
-DAEMON_EPILOG = """Examples:
-
-  ecoq daemon                 run until SIGTERM (systemd: config/ecoq.service)
-
-  ecoq daemon --once          one tick, then exit (tests, cron)
-
-  ecoq daemon --until-idle    exit once no job is waiting or running
-
-SIGTERM once: stop starting jobs and let running ones finish. Twice: terminate them."""
+DAEMON_EPILOG = examples(
+    "ecoq daemon                 run until SIGTERM (systemd: config/ecoq.service)",
+    "ecoq daemon --once          one tick, then exit (tests, cron)",
+    "ecoq daemon --until-idle    exit once no job is waiting or running",
+    note="SIGTERM once: stop starting jobs and let running ones finish. Twice: terminate them.",
+)
 
 
 @app.command(epilog=DAEMON_EPILOG)
@@ -83,11 +82,16 @@ def daemon(
             lock.release()
 
 
-FORECAST_EPILOG = """Examples:
-
-  ecoq forecast --zone DE
-
-  ecoq forecast --zone GB --duration 3h --deadline 12h --json"""
+FORECAST_EPILOG = examples(
+    "ecoq forecast --zone DE",
+    "ecoq forecast --zone GB --duration 3h --deadline 12h --json",
+    "ecoq forecast --zone CAISO_NORTH --provider watttime",
+    "ecoq forecast --zone RG10 --provider ukgrid --hours 48",
+    note="Without --provider: the forecast the planner would use (with its fallbacks). With "
+    "--provider: that provider's answer only, or its error. WattTime and Electricity Maps read "
+    "their credentials from ECOQ_WATTTIME_USERNAME/ECOQ_WATTTIME_PASSWORD and "
+    "ECOQ_ELECTRICITYMAPS_TOKEN, or a 0600 secrets file.",
+)
 
 
 @app.command(epilog=FORECAST_EPILOG)
@@ -96,12 +100,19 @@ def forecast(
     hours: Annotated[float, typer.Option(help="How far ahead to show.")] = 24.0,
     duration: Annotated[str | None, typer.Option(help="Job length for the best window.")] = None,
     deadline: Annotated[str | None, typer.Option(help="Finish-by for the best window.")] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask this provider only: watttime, electricitymaps, ukgrid, file or bundled."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the forecast the planner would use, its source and age, and the best window."""
     from datetime import timedelta
 
     from ecoq.errors import ValidationError
+    from ecoq.forecasting import Forecast
     from ecoq.parsing import parse_duration, parse_when
     from ecoq.scheduler.planning import plan_window
     from ecoq.views import iso
@@ -113,8 +124,8 @@ def forecast(
         if not zone_name:
             raise ValidationError("no zone given; pass --zone, e.g. --zone DE (`ecoq zones`)")
         if hours <= 0 or hours > 24 * 31:
-            raise ValidationError(f"--hours {hours:g} must be between 0 and 744")
-        if cfg.forecast.provider == "bundled":
+            raise ValidationError(f"--hours {hours:g} must be more than 0 and at most 744 (31 d)")
+        if (provider or cfg.forecast.provider) == "bundled":
             from ecoq.forecasting.bundled import resolve_zone
 
             zone_name = resolve_zone(zone_name)
@@ -123,7 +134,11 @@ def forecast(
         if (span is None) != (until is None):
             raise ValidationError("give both --duration and --deadline to find the best window")
         end = max(now + timedelta(hours=hours), until or now)
-        fc = forecast_source().forecast(zone_name, now, end)
+        fc: Forecast | None
+        if provider is not None:
+            fc = forecast_provider(provider).forecast(zone_name, now, end)
+        else:
+            fc = forecast_source().forecast(zone_name, now, end)
         if fc is None:
             from ecoq.errors import ForecastUnavailable
 
@@ -149,7 +164,13 @@ def forecast(
             "issued_at": iso(fc.issued_at),
             "age_s": round(age_s),
             "step_s": int(fc.step.total_seconds()),
-            "points": [{"time": iso(p.start), "g_per_kwh": p.g_per_kwh} for p in shown],
+            "emission_factor": fc.emission_factor,
+            "model": fc.model,
+            "points": [
+                {"time": iso(p.start), "g_per_kwh": p.g_per_kwh, "estimated": p.is_estimated}
+                for p in shown
+            ],
+            "gaps": [{"start": iso(a), "end": iso(b)} for a, b in fc.gaps()],
         }
         if best is not None:
             data["best_window"] = {
@@ -161,13 +182,17 @@ def forecast(
             }
         print_json(data)
         return
+    basis = f" ({fc.emission_factor})" if fc.emission_factor else ""
     typer.echo(
-        f"zone {fc.zone}: {fc.label} ({fc.source}), {fc.signal} signal, gCO2eq/kWh, "
+        f"zone {fc.zone}: {fc.label} ({fc.source}), {fc.signal} signal{basis}, gCO2eq/kWh, "
         f"issued {iso(fc.issued_at)} ({age_s / 60:.0f} min ago)"
     )
     for p in shown:
         bar = "#" * max(1, round(p.g_per_kwh / 20))
-        typer.echo(f"  {p.start:%a %H:%M}Z  {p.g_per_kwh:7.1f}  {bar}")
+        flag = "  (estimated)" if p.is_estimated else ""
+        typer.echo(f"  {p.start:%a %H:%M}Z  {p.g_per_kwh:7.1f}  {bar}{flag}")
+    for a, b in fc.gaps():
+        typer.echo(f"  no data from {iso(a)} to {iso(b)}")
     if best is not None:
         typer.echo(
             f"best window: start {iso(best.start)}, {best.mean_g_per_kwh:.0f} g/kWh vs "
@@ -176,28 +201,61 @@ def forecast(
         )
 
 
-@app.command(epilog="Example:\n\n  ecoq zones --json")
+@app.command(
+    epilog=examples(
+        "ecoq zones",
+        "ecoq zones --json",
+        "ecoq zones | grep -i frankfurt",
+        note="Any alias works as --zone: `--zone aws:eu-central-1` and `--zone frankfurt` both "
+        "mean DE. The aliases come from config/regions.toml.",
+    )
+)
 def zones(json_out: JsonOpt = False) -> None:
-    """List the zones of the bundled typical profiles (Electricity Maps zone codes)."""
+    """List the bundled zones (Electricity Maps codes) with their names and aliases.
+
+    Aliases are cloud regions (`aws:eu-central-1`) and cities located in the zone.
+    """
     from ecoq.forecasting.bundled import zones as bundled_zones
-
-    names = bundled_zones()
-    if json_out:
-        print_json(names)
-    else:
-        typer.echo("\n".join(names))
-
-
-@config_app.command("show", epilog="Example:\n\n  ecoq --config site.toml config show")
-def config_show(json_out: JsonOpt = False) -> None:
-    """Print every setting, its effective value and where it came from (secrets redacted)."""
-    from ecoq.config import describe
+    from ecoq.forecasting.regions import list_regions
 
     with errors():
-        rows = describe(settings())
+        known = {r.zone: r for r in list_regions()}
+        names = bundled_zones()
+    rows = [
+        (z, known[z].name if z in known else None, list(known[z].aliases) if z in known else [])
+        for z in names
+    ]
+    if json_out:
+        print_json([{"zone": z, "name": name, "aliases": aliases} for z, name, aliases in rows])
+        return
+    zone_w = max(len("ZONE"), *(len(z) for z in names))
+    name_w = max(len("NAME"), *(len(name or "") for _, name, _ in rows))
+    typer.echo(f"{'ZONE'.ljust(zone_w)}  {'NAME'.ljust(name_w)}  ALIASES".rstrip())
+    for z, name, aliases in rows:
+        typer.echo(
+            f"{z.ljust(zone_w)}  {(name or '').ljust(name_w)}  {', '.join(aliases)}".rstrip()
+        )
+
+
+@config_app.command(
+    "show", epilog=examples("ecoq config show", "ecoq --config site.toml config show --json")
+)
+def config_show(json_out: JsonOpt = False) -> None:
+    """Print every setting, its effective value and where it came from (secrets redacted)."""
+    from ecoq.config import describe, redact_url, setting_value
+
+    with errors():
+        cfg = settings()
+        rows = describe(cfg)
         gpus = box_gpus()
     if json_out:
-        print_json({k: {"value": v, "source": src} for k, v, src in rows})
+        data: dict[str, dict[str, object]] = {}
+        for key, _shown, source in rows:
+            value = setting_value(cfg, key)  # typed, not the text's repr
+            if key == "database.url":
+                value = redact_url(value)
+            data[key] = {"value": value, "source": source}
+        print_json(data)
         return
     width = max(len(k) for k, _, _ in rows)
     for key, value, source in rows:

@@ -69,11 +69,17 @@ def zones() -> list[str]:
 
 
 def resolve_zone(name: str) -> str:
-    """The bundled zone code for `name`, matched exactly, else ignoring case (`de` -> `DE`).
+    """The bundled zone code for `name`: exact, else ignoring case (`de` -> `DE`), else an alias.
+
+    Aliases are cloud regions and cities (`aws:eu-central-1`, `frankfurt` -> `DE`), from
+    `ecoq.forecasting.regions`.
 
     Raises:
-        UnknownZone: no such zone; the message lists close matches.
+        UnknownZone: no such zone or alias; the message lists close zones and aliases.
+        ConfigError: the bundled regions file is broken (reinstall ecoq).
     """
+    from ecoq.forecasting.regions import close_aliases, resolve_alias
+
     profiles = _profiles()
     if name in profiles:
         return name
@@ -81,11 +87,16 @@ def resolve_zone(name: str) -> str:
     key = name.strip().casefold()
     if key in folded:
         return folded[key]
-    close = difflib.get_close_matches(key, list(folded), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(folded[c] for c in close)}?" if close else "."
+    alias = resolve_alias(name)
+    if alias in profiles:
+        return alias
+    close = [folded[c] for c in difflib.get_close_matches(key, list(folded), n=5, cutoff=0.6)]
+    close += [f"{a} ({zone})" for a, zone in close_aliases(name) if zone in profiles]
+    hint = f"; did you mean {', '.join(close)}?" if close else "."
     raise UnknownZone(
         f"zone {name!r} has no bundled typical profile{hint} "
-        f"Run `ecoq zones` to list the {len(profiles)} bundled zones (Electricity Maps codes), "
+        f"Run `ecoq zones` to list the {len(profiles)} bundled zones (Electricity Maps codes) "
+        "and their aliases (cloud regions like aws:eu-central-1, cities), "
         "or configure a forecast provider that covers this zone."
     )
 
@@ -139,4 +150,16 @@ class BundledProvider:
             issued_at=start,
             step=_HOUR,
             points=points,
+            emission_factor="lifecycle",
+        )
+
+    def history(self, zone: str, start: datetime, end: datetime) -> Forecast:
+        """Typical profiles are not measurements, so there are no realized values.
+
+        Raises:
+            ForecastUnavailable: always.
+        """
+        raise ForecastUnavailable(
+            f"the typical profile has no realized values for zone {zone!r}; configure a live "
+            "provider (watttime, electricitymaps, ukgrid) or a forecast file for history"
         )

@@ -1,6 +1,6 @@
-"""Forecasts from a CSV file the user maintains (offline use, demos, an in-house forecaster).
+"""Forecasts from a file the user maintains (air-gapped sites, demos, replaying real data).
 
-Format (header names are case-insensitive, extra columns are ignored):
+CSV (header names are case-insensitive, extra columns are ignored):
 
     # signal: marginal          <- optional first line; default "average"
     time,value                  <- one series, used for any zone
@@ -8,17 +8,27 @@ Format (header names are case-insensitive, extra columns are ignored):
     ...
 
 or `time,zone,value` (rows filtered by zone), optionally with a `signal` column (one value for the
-whole file). Times are ISO-8601: naive means UTC, offsets are converted to UTC. Values are
-gCO2eq/kWh. The step is the most common difference between consecutive times; a larger difference
-is a gap the forecast does not cover.
+whole file). A file with an `issued_at` column holds *issued forecasts* (the `ecoq simulate`
+format `issued_at,time,zone,value`): each call uses the newest issue made at or before `as_of`
+(default: now), so recorded forecasts replay as the daemon would have seen them.
+
+JSON (a file ending in `.json`, or starting with `[` or `{`): a list of objects with the same keys
+(`time`, `value`, optional `zone`, `issued_at`, `signal`), or `{"signal": ..., "points": [...]}`.
+
+Times are ISO-8601: naive means UTC, offsets are converted to UTC. Values are gCO2eq/kWh. The step
+is the most common difference between consecutive times; a larger difference is a gap the
+forecast does not cover.
 """
 
 import csv
+import json
 import math
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from ecoq.errors import ForecastUnavailable, UnknownZone
 from ecoq.forecasting import Forecast, IntensityPoint, Signal
@@ -33,28 +43,63 @@ def _parse_time(raw: str) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class _Row:
+    ref: str  # "line 3" (CSV) or "item 3" (JSON), for messages
+    time: datetime
+    value: float
+    zone: str
+    issued_at: datetime | None
+
+
 class FileProvider:
-    """Reads `path` at every call, so an updated file is picked up without a restart."""
+    """Reads `path` at every call, so an updated file is picked up without a restart.
+
+    Args:
+        path: the CSV or JSON file.
+        now: the clock giving the default `as_of` for files of issued forecasts.
+    """
 
     name: str = "file"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.path = path
         self.label = f"file {path}"
+        self._now = now
 
-    def forecast(self, zone: str, start: datetime, end: datetime) -> Forecast:
+    def forecast(
+        self, zone: str, start: datetime, end: datetime, *, as_of: datetime | None = None
+    ) -> Forecast:
         """The file's points for `zone` whose intervals overlap `[start, end)`.
 
-        If `end <= start`, the point in force at `start`.
-
-        `issued_at` is the file's modification time.
+        If `end <= start`, the point in force at `start`. `issued_at` is the chosen issue's time
+        for a file of issued forecasts (the newest at or before `as_of`, default now), else the
+        file's modification time.
 
         Raises:
-            ForecastUnavailable: the file cannot be read, has a bad header or row (the message
-                gives the line number and value), too few rows to infer the step, or no point
-                overlapping `[start, end)` (the message gives the file's time range).
+            ForecastUnavailable: the file cannot be read, has a bad header, row or item (the
+                message gives the line or item and value), too few rows to infer the step, no
+                issue at or before `as_of`, or no point overlapping `[start, end)` (the message
+                gives the file's time range).
             UnknownZone: the file has a `zone` column without rows for `zone`; lists its zones.
         """
+        return self._read(zone, start, end, as_of=as_of, realized=False)
+
+    def history(self, zone: str, start: datetime, end: datetime) -> Forecast:
+        """The file's values over `[start, end)`, taken as realized values.
+
+        Raises:
+            ForecastUnavailable: as `forecast`, and for a file of issued forecasts (they are
+                forecasts, not realized values).
+            UnknownZone: as `forecast`.
+        """
+        return self._read(zone, start, end, as_of=None, realized=True)
+
+    def _read(
+        self, zone: str, start: datetime, end: datetime, *, as_of: datetime | None, realized: bool
+    ) -> Forecast:
         try:
             text = self.path.read_text(encoding="utf-8")
             mtime = self.path.stat().st_mtime
@@ -62,8 +107,31 @@ class FileProvider:
             raise ForecastUnavailable(
                 f"cannot read forecast file {self.path} ({exc}); check forecast.file"
             ) from exc
-        signal, zone, series = self._parse(text, zone)
         where = f"forecast file {self.path}"
+        stripped = text.lstrip()
+        if self.path.suffix.lower() == ".json" or stripped.startswith(("[", "{")):
+            signal, rows, zoned = self._parse_json(text)
+        else:
+            signal, rows, zoned = self._parse_csv(text)
+        zone, selected = self._select_zone(rows, zone, zoned)
+        issued_at = datetime.fromtimestamp(mtime, UTC)
+        issues = {r.issued_at for r in selected if r.issued_at is not None}
+        if issues:
+            if realized:
+                raise ForecastUnavailable(
+                    f"{where} holds issued forecasts, not realized values; use a time,value "
+                    "file for history"
+                )
+            moment = as_of or self._now()
+            usable = [t for t in issues if t <= moment]
+            if not usable:
+                raise ForecastUnavailable(
+                    f"{where} has no forecast for zone {zone!r} issued at or before "
+                    f"{moment.isoformat()}; its first is issued {min(issues).isoformat()}"
+                )
+            issued_at = max(usable)
+            selected = [r for r in selected if r.issued_at == issued_at]
+        series = self._series(selected, zone)
         if len(series) < 2:
             raise ForecastUnavailable(
                 f"{where} has {len(series)} row(s) for zone {zone!r}; at least two are needed to "
@@ -86,100 +154,149 @@ class FileProvider:
             signal=signal,
             source=self.name,
             label=self.label,
-            issued_at=datetime.fromtimestamp(mtime, UTC),
+            issued_at=issued_at,
             step=step,
             points=points,
+            realized=realized,
         )
 
-    def _parse(self, text: str, zone: str) -> tuple[Signal, str, list[tuple[datetime, float]]]:
-        """The signal, the zone as the file spells it, and its sorted `(time, g_per_kwh)` rows."""
+    def _parse_csv(self, text: str) -> tuple[Signal, list[_Row], bool]:
+        """The signal, the rows, and whether the file has a zone column."""
         where = f"forecast file {self.path}"
         lines = text.splitlines()
-        declared: str | None = None  # from a first line "# signal: marginal"
-        if lines and lines[0].startswith("#"):
+        signals: set[str] = set()
+        if lines and lines[0].startswith("#"):  # a first line "# signal: marginal"
             key, _, raw_signal = lines[0].lstrip("#").partition(":")
             if key.strip().lower() == "signal":
-                declared = self._check_signal(raw_signal.strip().lower(), 1)
+                signals.add(self._check_signal(raw_signal.strip().lower(), "line 1"))
         reader = csv.reader(lines)
         header: list[str] | None = None
-        rows: dict[str, list[tuple[datetime, float, int]]] = {}
-        signals: set[str] = set()
+        rows: list[_Row] = []
         for row in reader:
-            line = reader.line_num
+            ref = f"line {reader.line_num}"
             if not row or row[0].startswith("#") or not "".join(row).strip():
                 continue
             if header is None:
                 header = [h.strip().lower() for h in row]
                 if "time" not in header or "value" not in header:
                     raise ForecastUnavailable(
-                        f"{where}, line {line}: header {','.join(row)!r} lacks a 'time' and a "
+                        f"{where}, {ref}: header {','.join(row)!r} lacks a 'time' and a "
                         "'value' column; write the header time,value or time,zone,value"
                     )
                 continue
             if len(row) != len(header):
                 raise ForecastUnavailable(
-                    f"{where}, line {line}: {len(row)} fields, the header has {len(header)}; "
-                    "fix the row"
+                    f"{where}, {ref}: {len(row)} fields, the header has {len(header)}; fix the row"
                 )
             cells = dict(zip(header, row, strict=True))
-            raw_time, raw_value = cells["time"], cells["value"]
-            try:
-                t = _parse_time(raw_time)
-            except ValueError as exc:
-                raise ForecastUnavailable(
-                    f"{where}, line {line}: time {raw_time!r} is not ISO-8601; "
-                    "write it like 2026-05-01T10:00Z"
-                ) from exc
-            try:
-                value = float(raw_value)
-            except ValueError as exc:
-                raise ForecastUnavailable(
-                    f"{where}, line {line}: value {raw_value!r} is not a number; "
-                    "write gCO2eq/kWh as a plain decimal like 231.5"
-                ) from exc
-            if not math.isfinite(value) or value < 0:
-                raise ForecastUnavailable(
-                    f"{where}, line {line}: value {raw_value!r} is not a finite, non-negative "
-                    "intensity; write gCO2eq/kWh as a plain decimal like 231.5"
-                )
             if "signal" in cells:
-                signals.add(self._check_signal(cells["signal"].strip().lower(), line))
-            rows.setdefault(cells.get("zone", "").strip(), []).append((t, value, line))
+                signals.add(self._check_signal(cells["signal"].strip().lower(), ref))
+            rows.append(self._row(cells, ref))
         if header is None:
             raise ForecastUnavailable(f"{where} is empty; write a header time,value and rows")
-        if declared is not None:
-            signals.add(declared)
-        if len(signals) > 1:
+        return self._one_signal(signals), rows, "zone" in header
+
+    def _parse_json(self, text: str) -> tuple[Signal, list[_Row], bool]:
+        where = f"forecast file {self.path}"
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ForecastUnavailable(f"{where} is not valid JSON ({exc}); fix it") from exc
+        signals: set[str] = set()
+        if isinstance(data, dict):
+            if "signal" in data:
+                signals.add(self._check_signal(str(data["signal"]).lower(), "key 'signal'"))
+            data = data.get("points")
+        if not isinstance(data, list):
             raise ForecastUnavailable(
-                f"{where} mixes signals {', '.join(sorted(signals))}; "
-                "a forecast file holds one signal: split it"
+                f"{where} is neither a list of points nor an object with a 'points' list; "
+                'write [{"time": "2026-05-01T10:00Z", "value": 231.5}, ...]'
             )
-        signal = signals.pop() if signals else "average"
-        if "zone" in header:
-            if zone not in rows:
-                by_folded = {z.casefold(): z for z in rows}
-                if zone.strip().casefold() not in by_folded:
-                    raise UnknownZone(
-                        f"zone {zone!r} is not in {where}; it has {', '.join(sorted(rows))}. "
-                        "Use one of those zones or add rows for this one."
-                    )
-                zone = by_folded[zone.strip().casefold()]
-            selected = rows[zone]
-        else:
-            selected = rows.get("", [])
-        selected.sort()
-        for (t0, _, line0), (t1, _, line1) in zip(selected, selected[1:], strict=False):
-            if t0 == t1:
+        rows: list[_Row] = []
+        zoned = False
+        for i, item in enumerate(data, start=1):
+            ref = f"item {i}"
+            if not isinstance(item, dict) or "time" not in item or "value" not in item:
                 raise ForecastUnavailable(
-                    f"{where}, lines {line0} and {line1}: time {t1.isoformat()} appears twice "
+                    f"{where}, {ref}: not an object with 'time' and 'value'; fix the item"
+                )
+            if "signal" in item:
+                signals.add(self._check_signal(str(item["signal"]).lower(), ref))
+            zoned = zoned or "zone" in item
+            cells = {k: v if isinstance(v, str) else json.dumps(v) for k, v in item.items()}
+            rows.append(self._row(cells, ref))
+        return self._one_signal(signals), rows, zoned
+
+    def _row(self, cells: dict[str, str], ref: str) -> _Row:
+        where = f"forecast file {self.path}, {ref}"
+        times: list[datetime] = []
+        for key in ("time", "issued_at"):
+            raw = cells.get(key)
+            if raw is None:
+                continue
+            try:
+                times.append(_parse_time(raw))
+            except ValueError as exc:
+                raise ForecastUnavailable(
+                    f"{where}: {'issued_at' if key == 'issued_at' else 'time'} {raw!r} is not "
+                    "ISO-8601; write it like 2026-05-01T10:00Z"
+                ) from exc
+        raw_value = cells["value"]
+        try:
+            value = float(raw_value)
+        except ValueError as exc:
+            raise ForecastUnavailable(
+                f"{where}: value {raw_value!r} is not a number; "
+                "write gCO2eq/kWh as a plain decimal like 231.5"
+            ) from exc
+        if not math.isfinite(value) or value < 0:
+            raise ForecastUnavailable(
+                f"{where}: value {raw_value!r} is not a finite, non-negative "
+                "intensity; write gCO2eq/kWh as a plain decimal like 231.5"
+            )
+        issued = times[1] if len(times) > 1 else None
+        return _Row(ref, times[0], value, cells.get("zone", "").strip(), issued)
+
+    def _select_zone(self, rows: list[_Row], zone: str, zoned: bool) -> tuple[str, list[_Row]]:
+        """The zone as the file spells it and its rows."""
+        if not zoned:
+            return zone, rows
+        names = {r.zone for r in rows}
+        if zone not in names:
+            by_folded = {z.casefold(): z for z in names}
+            if zone.strip().casefold() not in by_folded:
+                raise UnknownZone(
+                    f"zone {zone!r} is not in forecast file {self.path}; it has "
+                    f"{', '.join(sorted(names))}. Use one of those zones or add rows for this one."
+                )
+            zone = by_folded[zone.strip().casefold()]
+        return zone, [r for r in rows if r.zone == zone]
+
+    def _series(self, rows: list[_Row], zone: str) -> list[tuple[datetime, float]]:
+        """Sorted `(time, g_per_kwh)` pairs. Raises ForecastUnavailable on a repeated time."""
+        ordered = sorted(rows, key=lambda r: r.time)
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if a.time == b.time:
+                kind, first = a.ref.split()
+                refs = f"{kind}s {first} and {b.ref.split()[-1]}"
+                raise ForecastUnavailable(
+                    f"forecast file {self.path}, {refs}: time {b.time.isoformat()} appears twice "
                     f"for zone {zone!r}; keep one"
                 )
-        return cast(Signal, signal), zone, [(t, v) for t, v, _ in selected]
+        return [(r.time, r.value) for r in ordered]
 
-    def _check_signal(self, value: str, line: int) -> str:
+    def _one_signal(self, signals: set[str]) -> Signal:
+        if len(signals) > 1:
+            raise ForecastUnavailable(
+                f"forecast file {self.path} mixes signals {', '.join(sorted(signals))}; "
+                "a forecast file holds one signal: split it"
+            )
+        return cast(Signal, signals.pop() if signals else "average")
+
+    def _check_signal(self, value: str, ref: str) -> str:
         if value not in _SIGNALS:
             raise ForecastUnavailable(
-                f"forecast file {self.path}, line {line}: signal {value!r} is not one of "
+                f"forecast file {self.path}, {ref}: signal {value!r} is not one of "
                 f"{', '.join(_SIGNALS)}; fix the signal"
             )
         return value

@@ -25,8 +25,9 @@ from ecoq.errors import EcoqError
 from ecoq.models import Job, Run
 from ecoq.scheduler.executors import Executor, LaunchSpec
 from ecoq.scheduler.executors.local import LocalExecutor
+from ecoq.scheduler.forecasts import ForecastSource
 from ecoq.scheduler.queue import Queue
-from ecoq.scheduler.replan import ForecastSource, PlannerParams, replan
+from ecoq.scheduler.replan import PlannerParams, replan
 from ecoq.states import ACTIVE, WAITING, JobState
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class Daemon:
         env = dict(job.env)
         env.update(
             ECOQ_JOB_ID=str(job.id),
+            ECOQ_RUN_DIR=str(run_dir),
             CUDA_DEVICE_ORDER="PCI_BUS_ID",
             CUDA_VISIBLE_DEVICES=",".join(str(i) for i in gpus),
         )
@@ -223,8 +225,11 @@ class Daemon:
         return bool(self.queue.active(self.config.worker))
 
     def is_idle(self) -> bool:
-        """Nothing waiting or running anywhere in the queue (for `--until-idle`)."""
-        return not self.queue.jobs(WAITING | ACTIVE)
+        """Nothing running and nothing waiting that could start (held jobs wait for a user);
+        used by `--until-idle`."""
+        return not any(
+            job.state in ACTIVE or not job.held for job in self.queue.jobs(WAITING | ACTIVE)
+        )
 
     def cold_stop(self) -> None:
         """Terminate this daemon's jobs and mark them failed (the second SIGTERM)."""

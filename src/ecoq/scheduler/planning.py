@@ -1,4 +1,10 @@
-"""Choosing when a job starts: the cleanest contiguous window in a forecast. Pure functions.
+"""Choosing when (and where) jobs run. Pure functions over dataclasses; no database.
+
+- `plan_window`: one job, one forecast: the cleanest contiguous window (below).
+- `plan_jobs`: many jobs over many sites: vectorised window scoring (`scoring`), interruptible
+  slots (`interruptible`), capacity over time (`capacity`), run by `engine`. The daemon and
+  `ecoq simulate` call it; numpy is imported only when it runs, so importing this module stays
+  cheap for `ecoq submit` and the CLI.
 
 The forecast is turned into a piecewise-linear intensity curve with cumulative integrals, so the
 mean intensity of any window is two look-ups, and all candidate windows are scored in one sweep:
@@ -19,15 +25,28 @@ Only windows the forecast fully covers compete; means within a relative 1e-9 are
 earliest start.
 """
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from heapq import merge
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ecoq.errors import ValidationError
 from ecoq.forecasting import Forecast
 
-__all__ = ["Plan", "Rule", "plan_window"]
+if TYPE_CHECKING:
+    from ecoq.scheduler.sites import Site
+
+__all__ = [
+    "JobRequest",
+    "Placement",
+    "Plan",
+    "Reservation",
+    "Rule",
+    "Segment",
+    "plan_jobs",
+    "plan_window",
+]
 
 Rule = Literal["interval", "trapezoid"]
 _RULES = ("interval", "trapezoid")
@@ -266,3 +285,189 @@ def plan_window(
             f"run now{partial}",
         )
     return plan(best_start, best_mean, saving, f"cleanest window{partial}")
+
+
+# Many jobs over many sites, with capacity and interruptible jobs (the engine is numpy, in
+# `ecoq.scheduler.engine`, imported on first use so that importing this module stays cheap).
+
+PauseKind = Literal["stop", "checkpoint"]
+StartState = Literal["new", "running", "paused"]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job to place. Times are tz-aware UTC.
+
+    Attributes:
+        key: the caller's id for the job (database id, CSV id).
+        earliest_start: not before this (now, `--not-before`, or the end of a running segment).
+        deadline: finish by this.
+        duration: expected run time still to do.
+        sites: names of the sites it may run at; the first is its home (the baseline "now").
+        gpus: GPUs it holds while running (and while stopped by SIGSTOP).
+        power_kw: its expected power, kW; weighs a stopped pause's idle power.
+        profile: relative power over equal parts of the run (empty: flat).
+        interruptible: whether it may be split into segments.
+        max_pauses: pauses still allowed (None: unlimited).
+        min_segment: shortest segment worth running.
+        pause: `stop` (SIGSTOP: GPUs stay held and draw the site's idle power) or `checkpoint`
+            (the job saves and exits: GPUs are freed, no idle power).
+        state: `new`, `running` (a segment runs up to `earliest_start`; carrying on is no
+            pause) or `paused` (stopped now; its pause already counted).
+        run_now: start as early as capacity allows, ignoring carbon (`ecoq start`).
+    """
+
+    key: int | str
+    earliest_start: datetime
+    deadline: datetime
+    duration: timedelta
+    sites: tuple[str, ...]
+    gpus: int = 0
+    power_kw: float = 1.0
+    profile: tuple[float, ...] = ()
+    interruptible: bool = False
+    max_pauses: int | None = None
+    min_segment: timedelta = timedelta(0)
+    pause: PauseKind = "stop"
+    state: StartState = "new"
+    run_now: bool = False
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Capacity already taken at a site over `[start, end)`: a running job, a fixed segment, a
+    stopped job's GPUs."""
+
+    site: str
+    start: datetime
+    end: datetime
+    gpus: int = 0
+    slots: int = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One run of a job, `[start, end)`, tz-aware UTC."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and when a job runs, and why.
+
+    Attributes:
+        key: the job's `JobRequest.key`.
+        site, zone: where it runs.
+        segments: its runs in time order (one for a contiguous job); together they last the
+            job's duration.
+        mean_g_per_kwh: forecast mean intensity × the site's PUE over the run, plus the idle
+            power of stopped pauses, per kWh of the job's energy (g/kWh); None when no forecast
+            covers it.
+        now_g_per_kwh: the same for starting at `earliest_start` at the home site; None when no
+            forecast covers it.
+        saving_fraction: `(now - mean) / now`; 0 when it starts now.
+        candidates: covered windows compared (all sites), plus 1 for an interruptible plan.
+        late: it cannot finish by its deadline.
+        reason: a short sentence for users.
+        warning: set when capacity or the deadline forced a worse plan.
+        runner_up_site, runner_up_start, runner_up_g_per_kwh: the best contiguous window at
+            another site, or else the best other plan considered (None if none).
+    """
+
+    key: int | str
+    site: str
+    zone: str
+    segments: tuple[Segment, ...]
+    mean_g_per_kwh: float | None
+    now_g_per_kwh: float | None
+    saving_fraction: float
+    candidates: int
+    late: bool
+    reason: str
+    warning: str | None = None
+    runner_up_site: str | None = None
+    runner_up_start: datetime | None = None
+    runner_up_g_per_kwh: float | None = None
+
+    @property
+    def start(self) -> datetime:
+        """Start of the first segment."""
+        return self.segments[0].start
+
+    @property
+    def end(self) -> datetime:
+        """End of the last segment."""
+        return self.segments[-1].end
+
+
+def plan_jobs(
+    jobs: Sequence[JobRequest],
+    sites: Sequence["Site"],
+    forecasts: Mapping[str, Forecast],
+    *,
+    now: datetime,
+    fallbacks: Mapping[str, Forecast] | None = None,
+    reservations: Sequence[Reservation] = (),
+    min_saving: float = 0.02,
+    rule: Rule = "interval",
+) -> list[Placement]:
+    """Place every job at a site and time (or in segments), respecting capacity over time.
+
+    Each job is scored at every allowed site on that zone's forecast (`forecasts[zone]`, with
+    `fallbacks[zone]` wherever the forecast has no value: beyond its horizon, never zero),
+    weighted by its power profile, times the site's PUE. Jobs take capacity in order of least
+    slack (then deadline, then input order); a job whose best window is full takes the best one
+    that fits, and one that cannot fit before its deadline gets its earliest feasible start and
+    a warning. A job runs as early as it can at its home site when waiting saves less than
+    `min_saving` (a fraction) against that.
+
+    Returns one `Placement` per job, in input order. Deterministic for equal inputs.
+
+    Raises:
+        ValidationError: naive times, a non-positive duration, an unknown site, a duplicate
+            site name, `min_saving` outside [0, 1], an unknown rule, a bad profile or
+            reservation.
+    """
+    _require_aware("now", now)
+    if not 0.0 <= min_saving <= 1.0:
+        raise ValidationError(
+            f"min_saving {min_saving} is not a fraction between 0 and 1; use e.g. 0.02 for 2 %"
+        )
+    if rule not in _RULES:
+        raise ValidationError(f"averaging rule {rule!r} is unknown; use one of {_RULES}")
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        raise ValidationError(f"site names must be unique; got {names}")
+    known = set(names)
+    for job in jobs:
+        _require_aware(f"job {job.key} earliest_start", job.earliest_start)
+        _require_aware(f"job {job.key} deadline", job.deadline)
+        if job.duration <= timedelta(0):
+            raise ValidationError(f"job {job.key}: duration {job.duration} is not positive")
+        if not job.sites or not set(job.sites) <= known:
+            raise ValidationError(
+                f"job {job.key}: sites {list(job.sites)} must be a non-empty list of {names}"
+            )
+        if any(not w > 0 for w in job.profile):
+            raise ValidationError(f"job {job.key}: profile weights must be positive")
+        if job.gpus < 0 or not job.power_kw > 0:
+            raise ValidationError(f"job {job.key}: gpus must be ≥ 0 and power_kw > 0")
+    for r in reservations:
+        if r.site not in known:
+            raise ValidationError(f"reservation at unknown site {r.site!r}; sites are {names}")
+        _require_aware("reservation start", r.start)
+        _require_aware("reservation end", r.end)
+    from ecoq.scheduler.engine import place_jobs
+
+    return place_jobs(
+        list(jobs),
+        list(sites),
+        forecasts,
+        now=now.astimezone(UTC),
+        fallbacks=fallbacks or {},
+        reservations=list(reservations),
+        min_saving=min_saving,
+        rule=rule,
+    )

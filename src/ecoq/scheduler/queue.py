@@ -71,10 +71,20 @@ def validate_spec(spec: JobSpec, now: datetime, *, box_gpus: int) -> None:
         )
     earliest = max(now, spec.not_before or now)
     if spec.deadline < earliest + spec.duration:
+        not_before = spec.not_before if spec.not_before and spec.not_before > now else None
+        by_not_before = not_before is not None
+        if not_before is not None and not_before >= spec.deadline:
+            raise ValidationError(
+                f"--not-before {_hm(not_before)} is not before --deadline "
+                f"{_hm(spec.deadline)}; give an earlier --not-before or a later --deadline"
+            )
         raise ValidationError(
             f"--deadline {_hm(spec.deadline)} is {_span(spec.deadline - earliest)} after the "
-            f"earliest start {_hm(earliest)} but the job needs --duration {_span(spec.duration)}; "
-            "extend --deadline or shorten --duration"
+            f"earliest start {_hm(earliest)}"
+            + (" (--not-before)" if by_not_before else "")
+            + f" but the job needs --duration {_span(spec.duration)}; "
+            + ("give an earlier --not-before, " if by_not_before else "")
+            + "extend --deadline or shorten --duration"
         )
 
 

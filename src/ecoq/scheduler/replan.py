@@ -1,9 +1,9 @@
 """Glue between the pure planner and the queue: which forecast, which window, stored how.
 
 `plan_fields` is what both `ecoq submit` and the daemon call, so a job is planned the same way
-wherever it is planned. The forecast comes from the configured provider, else from the bundled
-typical profile, else there is none and the job starts at once (or at its latest start, per
-`planner.fail_policy`): a deadline is never missed because a forecast was missing.
+wherever it is planned. The forecast comes from the failover chain (`ecoq.scheduler.forecasts`);
+when it has none, the job starts at once (or at its latest start, per `planner.fail_policy`): a
+deadline is never missed because a forecast was missing.
 """
 
 import logging
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from ecoq.errors import ForecastUnavailable, UnknownZone
-from ecoq.forecasting import Forecast, ForecastProvider
+from ecoq.errors import UnknownZone
+from ecoq.scheduler.forecasts import ForecastSource
 from ecoq.scheduler.planning import Rule, plan_window
 from ecoq.scheduler.queue import Queue
 from ecoq.states import JobState
@@ -27,38 +27,6 @@ class PlannerParams:
     min_saving: float = 0.02
     rule: Rule = "interval"
     fail_policy: Literal["now", "latest"] = "now"
-
-
-class ForecastSource:
-    """The configured provider with the bundled profile behind it; logs a fallback once."""
-
-    def __init__(self, provider: ForecastProvider, fallback: ForecastProvider | None) -> None:
-        self.provider = provider
-        self.fallback = fallback
-        self._failing: set[str] = set()
-
-    def forecast(self, zone: str, start: datetime, end: datetime) -> Forecast | None:
-        """A forecast covering [start, end) or None when no source has one.
-
-        Raises UnknownZone when the configured provider does not know the zone at all.
-        """
-        try:
-            forecast = self.provider.forecast(zone, start, end)
-        except ForecastUnavailable as exc:
-            if zone not in self._failing:
-                log.warning("forecast from %s failed for %s: %s", self.provider.name, zone, exc)
-                self._failing.add(zone)
-        else:
-            if zone in self._failing:
-                log.info("forecast from %s for %s is back", self.provider.name, zone)
-                self._failing.discard(zone)
-            return forecast
-        if self.fallback is None or self.fallback is self.provider:
-            return None
-        try:
-            return self.fallback.forecast(zone, start, end)
-        except (ForecastUnavailable, UnknownZone):
-            return None
 
 
 def plan_fields(

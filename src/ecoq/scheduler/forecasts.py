@@ -1,0 +1,301 @@
+"""Forecasts as the scheduler gets them: the database cache and the failover chain.
+
+Every forecast a provider returns, and every series of realized values, is stored
+(`ForecastStore`) with its provider, signal, issue time and fetch time. `ForecastSource` is what
+the planner asks, and it fails over exactly as design.md's "Planning" says:
+
+1. a fresh cached forecast (fetched within `refresh_s`), else the zone's provider, live;
+2. the newest cached forecast covering the window, however old (with a warning past `max_age_s`);
+3. the fallback forecaster on stored realized history;
+4. the bundled typical profile (only behind average-signal providers: a chain never mixes
+   signals);
+5. none: the caller starts the job per `planner.fail_policy`.
+
+Each step down is logged once per episode (not per tick), and the forecast's `label` says which
+step produced it, so `ecoq forecast` and the job's plan show it.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import col, select
+
+from ecoq.db import session
+from ecoq.errors import ForecastUnavailable, UnknownZone
+from ecoq.forecasting import Forecast, ForecastProvider, IntensityPoint
+from ecoq.models import ForecastRecord
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+#: How much realized history the fallback forecaster is given.
+FALLBACK_HISTORY = timedelta(days=63)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _epoch(t: datetime) -> float:
+    return t.timestamp()
+
+
+def _from_epoch(s: float | None) -> datetime:
+    return datetime.fromtimestamp(float(s or 0), UTC)
+
+
+class ForecastStore:
+    """Fetched forecasts and realized values in the database."""
+
+    def __init__(self, engine: Engine, clock: Clock = _utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def save(self, forecast: Forecast) -> None:
+        """Store one forecast (or realized series) as fetched now."""
+        record = ForecastRecord(
+            zone=forecast.zone,
+            source=forecast.source,
+            signal=forecast.signal,
+            emission_factor=forecast.emission_factor,
+            model=forecast.model,
+            label=forecast.label,
+            realized=forecast.realized,
+            issued_at=forecast.issued_at,
+            fetched_at=self.clock(),
+            step_s=int(forecast.step.total_seconds()),
+            start=forecast.start,
+            end=forecast.end,
+            points=[[_epoch(p.start), p.g_per_kwh, p.is_estimated] for p in forecast.points],
+        )
+        with session(self.engine) as s:
+            s.add(record)
+            s.commit()
+
+    def newest(
+        self, zone: str, sources: Sequence[str], *, covering: datetime
+    ) -> tuple[Forecast, datetime] | None:
+        """The newest-issued forecast from `sources` whose span includes `covering`, with the
+        time it was fetched; None when the cache has none."""
+        with session(self.engine) as s:
+            record = s.exec(
+                select(ForecastRecord)
+                .where(
+                    ForecastRecord.zone == zone,
+                    col(ForecastRecord.realized).is_(False),
+                    col(ForecastRecord.source).in_(list(sources)),
+                    col(ForecastRecord.start) <= covering,
+                    col(ForecastRecord.end) > covering,
+                )
+                .order_by(col(ForecastRecord.issued_at).desc(), col(ForecastRecord.id).desc())
+                .limit(1)
+            ).first()
+        return None if record is None else (_forecast(record), record.fetched_at)
+
+    def history(self, zone: str, signal: str, start: datetime, end: datetime) -> Forecast | None:
+        """Realized values of one signal over [start, end), merged across fetches (the newest
+        fetch wins where they overlap, since providers revise values); None when there are
+        none. The step is the finest stored step."""
+        with session(self.engine) as s:
+            records = s.exec(
+                select(ForecastRecord)
+                .where(
+                    ForecastRecord.zone == zone,
+                    ForecastRecord.signal == signal,
+                    col(ForecastRecord.realized).is_(True),
+                    col(ForecastRecord.end) > start,
+                    col(ForecastRecord.start) < end,
+                )
+                .order_by(col(ForecastRecord.fetched_at), col(ForecastRecord.id))
+            ).all()
+        if not records:
+            return None
+        merged: dict[float, list[float | None]] = {}
+        for record in records:  # oldest fetch first, so newer values overwrite
+            for point in record.points:
+                merged[float(point[0] or 0)] = point
+        lo, hi = _epoch(start), _epoch(end)
+        points = tuple(
+            IntensityPoint(_from_epoch(t), float(p[1] or 0.0), _estimated(p))
+            for t, p in sorted(merged.items())
+            if lo <= t < hi
+        )
+        if not points:
+            return None
+        newest = records[-1]
+        return Forecast(
+            zone=zone,
+            signal=newest.signal,  # type: ignore[arg-type]
+            source=newest.source,
+            label=f"{newest.source} realized",
+            issued_at=newest.issued_at,
+            step=timedelta(seconds=min(r.step_s for r in records)),
+            points=points,
+            emission_factor=newest.emission_factor,
+            realized=True,
+            model=newest.model,
+        )
+
+
+def _estimated(point: list[float | None]) -> bool | None:
+    return None if len(point) < 3 or point[2] is None else bool(point[2])
+
+
+def _forecast(record: ForecastRecord) -> Forecast:
+    return Forecast(
+        zone=record.zone,
+        signal=record.signal,  # type: ignore[arg-type]
+        source=record.source,
+        label=record.label,
+        issued_at=record.issued_at,
+        step=timedelta(seconds=record.step_s),
+        points=tuple(
+            IntensityPoint(_from_epoch(p[0]), float(p[1] or 0.0), _estimated(p))
+            for p in record.points
+        ),
+        emission_factor=record.emission_factor,
+        realized=record.realized,
+        model=record.model,
+    )
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """The `[forecast]` settings the chain needs (seconds)."""
+
+    refresh_s: float = 1800.0
+    max_age_s: float = 21600.0
+
+
+class ForecastSource:
+    """The failover chain for one configured provider (see the module docstring)."""
+
+    def __init__(
+        self,
+        provider: ForecastProvider,
+        *,
+        store: ForecastStore | None = None,
+        bundled: ForecastProvider | None = None,
+        fallback: Callable[[Forecast, datetime, datetime], Forecast] | None = None,
+        settings: ChainSettings = ChainSettings(),
+        clock: Clock = _utcnow,
+    ) -> None:
+        self.provider = provider
+        self.store = store
+        signal = getattr(provider, "signal", "average")
+        # The typical profile is an average signal: never behind a marginal provider.
+        self.bundled = bundled if bundled is not provider and signal != "marginal" else None
+        self.signal: str = signal
+        self.fallback = fallback
+        self.settings = settings
+        self.clock = clock
+        self._step: dict[str, str] = {}  # zone -> the chain step last used (for episode logs)
+        self._memo: dict[str, tuple[Forecast, datetime]] = {}  # zone -> newest cached, fetched
+
+    def forecast(self, zone: str, start: datetime, end: datetime) -> Forecast | None:
+        """A forecast covering [start, end) from the first step of the chain that has one;
+        None when no step has.
+
+        Raises UnknownZone when the configured provider does not know the zone at all.
+        """
+        now = self.clock()
+        cached = self._cached(zone, start)
+        if cached is not None and (now - cached[1]).total_seconds() < self.settings.refresh_s:
+            return self._use(zone, "cache", cached[0])
+        try:
+            live = self.provider.forecast(zone, start, end)
+        except ForecastUnavailable as exc:
+            cause: str = str(exc)
+        else:
+            if self.store is not None and self.provider.name != "bundled":
+                self.store.save(live)
+                self._memo[zone] = (live, now)
+            return self._use(zone, "live", live)
+        if cached is not None:
+            age_s = (now - cached[1]).total_seconds()
+            stale = age_s > self.settings.max_age_s
+            label = f"{cached[0].label}, cached {age_s / 3600:.1f} h ago" + (
+                " (stale)" if stale else ""
+            )
+            return self._use(zone, "stale cache" if stale else "cache", cached[0], label, cause)
+        fallback = self._from_history(zone, start, end)
+        if fallback is not None:
+            return self._use(zone, "fallback forecaster", fallback, None, cause)
+        if self.bundled is not None:
+            try:
+                typical = self.bundled.forecast(zone, start, end)
+            except (ForecastUnavailable, UnknownZone):
+                pass
+            else:
+                return self._use(zone, "typical profile", typical, None, cause)
+        self._use(zone, "none", None, None, cause)
+        return None
+
+    def refresh_history(self, zone: str, start: datetime, end: datetime) -> bool:
+        """Fetch realized values for [start, end) into the store; False when unavailable."""
+        if self.store is None:
+            return False
+        try:
+            history = self.provider.history(zone, start, end)
+        except (ForecastUnavailable, UnknownZone) as exc:
+            log.info("no realized history from %s for %s: %s", self.provider.name, zone, exc)
+            return False
+        self.store.save(history)
+        return True
+
+    def _cached(self, zone: str, start: datetime) -> tuple[Forecast, datetime] | None:
+        if self.store is None or self.provider.name == "bundled":
+            return None
+        memo = self._memo.get(zone)
+        if memo is not None and memo[0].start <= start < memo[0].end:
+            return memo  # saves a query per job when re-planning many jobs of one zone
+        found = self.store.newest(zone, [self.provider.name], covering=start)
+        if found is not None:
+            self._memo[zone] = found
+        return found
+
+    def _from_history(self, zone: str, start: datetime, end: datetime) -> Forecast | None:
+        if self.store is None:
+            return None
+        fallback = self.fallback
+        if fallback is None:
+            from ecoq.forecasting.fallback import forecast_from_history
+
+            fallback = forecast_from_history
+        now = self.clock()
+        history = self.store.history(zone, self.signal, now - FALLBACK_HISTORY, now)
+        if history is None:
+            return None
+        try:
+            return fallback(history, start, end)
+        except ForecastUnavailable:
+            return None
+
+    def _use(
+        self,
+        zone: str,
+        step: str,
+        forecast: Forecast | None,
+        label: str | None = None,
+        cause: str | None = None,
+    ) -> Forecast | None:
+        previous = self._step.get(zone)
+        if step != previous:
+            self._step[zone] = step
+            if step in ("live", "cache"):
+                if previous is not None and previous not in ("live", "cache"):
+                    log.info("forecast for %s from %s again", zone, self.provider.name)
+            else:
+                log.warning(
+                    "forecast for %s: %s failed (%s); using %s",
+                    zone,
+                    self.provider.name,
+                    cause,
+                    step,
+                )
+        if forecast is None:
+            return None
+        return replace(forecast, label=label) if label else forecast

@@ -1,0 +1,162 @@
+"""Vectorised window scoring: grids, mixed steps, fallbacks, profiles, range queries."""
+
+import csv
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecoq.errors import ValidationError
+from ecoq.forecasting import Forecast, IntensityPoint
+from ecoq.scheduler.scoring import Candidates, RangeMin, build_curve, empty_curve, window_means
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+T0 = datetime(2026, 1, 5, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+MIN = timedelta(minutes=1)
+FLAT = np.array([1.0])
+
+
+def forecast(values: list[float], step: timedelta = HOUR, start: datetime = T0) -> Forecast:
+    points = tuple(IntensityPoint(start + i * step, v) for i, v in enumerate(values))
+    return Forecast("Z", "average", "test", "test", start, step, points)
+
+
+def ukgrid() -> Forecast:
+    with (FIXTURES / "ukgrid-regional-forecast-2023-05-04.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    points = tuple(
+        IntensityPoint(datetime.fromisoformat(r["time"]), float(r["intensity"])) for r in rows
+    )
+    return Forecast("RG", "average", "t", "t", points[0].start, timedelta(minutes=30), points)
+
+
+def best(fc: Forecast, duration: timedelta, rule: str = "interval", **kw: object) -> tuple:
+    curve = build_curve(fc, start=fc.start, end=fc.end, rule=rule, **kw)  # type: ignore[arg-type]
+    cands = Candidates.build(curve, np.array([duration.total_seconds()]), FLAT)
+    latest = curve.seconds(fc.end - duration) if rule == "interval" else curve.span_s
+    s, m, now, count, _, _ = cands.best(np.array([0]), np.array([0.0]), np.array([latest]))
+    return curve.at(float(s[0])), float(m[0]), float(now[0]), int(count[0])
+
+
+@pytest.mark.parametrize(
+    ("rule", "start", "mean"),
+    [
+        ("interval", datetime(2023, 5, 5, 12, 30, tzinfo=UTC), 43 / 6),
+        ("trapezoid", datetime(2023, 5, 5, 12, 0, tzinfo=UTC), 44 / 6),
+    ],
+)
+def test_ukgrid_known_answers(rule: str, start: datetime, mean: float) -> None:
+    got_start, got_mean, _, _ = best(ukgrid(), 3 * HOUR, rule)
+    assert got_start == start
+    assert got_mean == pytest.approx(mean)
+
+
+def test_unaligned_window_mean() -> None:
+    curve = build_curve(forecast([50, 0, 100]), start=T0, end=T0 + 3 * HOUR)
+    m = window_means(curve, np.array([1800.0, 0.0]), np.array([5400.0, 5400.0]), FLAT)
+    assert m == pytest.approx([50 / 3, 100 / 3])
+
+
+@pytest.mark.parametrize("minutes", [5, 15, 30, 60])
+def test_steps_and_fallback_beyond_the_horizon(minutes: int) -> None:
+    step = timedelta(minutes=minutes)
+    primary = forecast([100.0] * int(6 * HOUR / step), step=step)  # 6 h ahead
+    fallback = forecast([100.0] * 9 + [10.0] * 3 + [100.0] * 12)  # hourly, 24 h
+    curve = build_curve(primary, fallback=fallback, start=T0, end=T0 + 24 * HOUR)
+    assert curve.tick_s == minutes * 60
+    assert curve.covered.all()
+    assert not curve.primary[curve.n - 1] and curve.primary[0]
+    cands = Candidates.build(curve, np.array([3 * 3600.0]), FLAT)
+    s, m, _, _, _, _ = cands.best(np.array([0]), np.array([0.0]), np.array([20 * 3600.0]))
+    assert curve.at(float(s[0])) == T0 + 9 * HOUR  # found in the fallback, never zero
+    assert m[0] == pytest.approx(10.0)
+
+
+def test_mixed_step_grid_and_uncovered_cells() -> None:
+    primary = forecast([1.0, 2.0, 3.0, 4.0], step=15 * MIN, start=T0 + 30 * MIN)
+    curve = build_curve(primary, start=T0, end=T0 + 2 * HOUR)
+    assert curve.tick_s == 900
+    assert not curve.covered[:2].any() and curve.covered[2:6].all()
+    m = window_means(curve, np.array([0.0, 1800.0]), np.array([1800.0, 3600.0]), FLAT)
+    assert m[0] == np.inf and m[1] == pytest.approx(2.5)
+    part = window_means(curve, np.array([900.0]), np.array([1800.0]), FLAT, partial=True)
+    assert part[0] == pytest.approx(1.0)
+
+
+def test_profile_weighting() -> None:
+    curve = build_curve(forecast([10, 20, 30, 40]), start=T0, end=T0 + 4 * HOUR)
+    m = window_means(curve, np.array([0.0]), np.array([7200.0]), np.array([0.75, 0.25]))
+    assert m[0] == pytest.approx(0.75 * 10 + 0.25 * 20)
+
+
+def test_empty_curve_and_bad_grids() -> None:
+    curve = empty_curve(T0, T0 + 3 * HOUR)
+    assert not curve.covered.any()
+    odd = Forecast(
+        "Z", "average", "t", "t", T0, HOUR,
+        (IntensityPoint(T0, 1), IntensityPoint(T0 + timedelta(microseconds=1500), 2)),
+    )  # fmt: skip
+    with pytest.raises(ValidationError, match="common grid"):
+        build_curve(odd, start=T0, end=T0 + HOUR)
+    with pytest.raises(ValidationError, match="unknown"):
+        build_curve(forecast([1]), start=T0, end=T0 + HOUR, rule="simpson")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="needs a forecast"):
+        build_curve(None, start=T0, end=T0 + HOUR)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 50), min_size=1, max_size=70),
+    st.data(),
+)
+def test_range_min_matches_brute_force(values: list[int], data: st.DataObject) -> None:
+    arr = np.array(values, dtype=np.float64)
+    rmq = RangeMin(arr)
+    n = len(values)
+    lo = np.array(data.draw(st.lists(st.integers(0, n), min_size=5, max_size=5)))
+    hi = np.array(data.draw(st.lists(st.integers(-1, n - 1), min_size=5, max_size=5)))
+    thr = np.array(data.draw(st.lists(st.integers(-1, 50), min_size=5, max_size=5)), dtype=float)
+    mins = rmq.min(lo, hi)
+    firsts = rmq.first_at_most(lo, hi, thr)
+    for k in range(5):
+        part = values[lo[k] : hi[k] + 1]
+        assert mins[k] == (min(part) if part else np.inf)
+        hits = [i for i in range(lo[k], hi[k] + 1) if values[i] <= thr[k]]
+        assert firsts[k] == (hits[0] if hits else -1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from([5, 15, 30, 60]),
+    st.lists(st.integers(0, 500), min_size=2, max_size=30),
+    st.lists(st.integers(1, 40), min_size=1, max_size=4, unique=True),
+    st.data(),
+)
+def test_best_window_matches_brute_force(
+    step_min: int, values: list[int], lengths: list[int], data: st.DataObject
+) -> None:
+    tick = 1 if step_min == 5 else 5  # every start and end on a tick grid
+    per = step_min // tick
+    fc = forecast([float(v) for v in values], step=timedelta(minutes=step_min))
+    horizon = len(values) * per
+    curve = build_curve(fc, start=fc.start, end=fc.end)
+    durs = [min(d, horizon) * tick * 60.0 for d in lengths]
+    cands = Candidates.build(curve, np.unique(durs), FLAT)
+    fine = [values[i // per] for i in range(horizon)]
+    for d in durs:
+        ticks = int(d // (tick * 60))
+        e = data.draw(st.integers(0, horizon - ticks))
+        latest = data.draw(st.integers(e, horizon - ticks))
+        row = int(np.searchsorted(np.unique(durs), d))
+        s, m, _, _, _, _ = cands.best(
+            np.array([row]), np.array([e * tick * 60.0]), np.array([latest * tick * 60.0])
+        )
+        means = [sum(fine[x : x + ticks]) / ticks for x in range(e, latest + 1)]
+        low = min(means)
+        assert m[0] == pytest.approx(low, rel=1e-9, abs=1e-9)
+        want = next(x for x, v in zip(range(e, latest + 1), means, strict=True) if v <= low + 1e-7)
+        assert s[0] == pytest.approx(want * tick * 60.0)
