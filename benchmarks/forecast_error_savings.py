@@ -17,6 +17,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -77,8 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     lines = [
         "| region | jobs | now % | window % (forecast) | ecoq % (forecast) | oracle % "
-        "| ecoq / oracle | deadline misses (now/window/ecoq/oracle) | ecoq plan s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ecoq / oracle | ecoq interruptible % (forecast) | oracle interruptible % "
+        "| deadline misses (all six runs) | ecoq plan s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     misses_total = 0
     began = time.perf_counter()
@@ -91,7 +93,10 @@ def main() -> None:
             log = read_forecasts(d / "forecasts.csv", trace)
             jobs = read_jobs(d / "jobs.csv")
         res = {p: simulate(trace, jobs, policy=p, forecasts=log, min_saving=0.02) for p in POLICIES}
-        misses = [res[p].deadline_misses for p in POLICIES]
+        split = [replace(j, interruptible=True, max_pauses=2) for j in jobs]
+        res["split"] = simulate(trace, split, policy="ecoq", forecasts=log, min_saving=0.02)
+        res["split-oracle"] = simulate(trace, split, policy="oracle", min_saving=0.02)
+        misses = [res[p].deadline_misses for p in res]
         misses_total += sum(misses)
         ratio = (
             res["ecoq"].savings_pct / res["oracle"].savings_pct if res["oracle"].savings_pct else 0
@@ -99,6 +104,7 @@ def main() -> None:
         lines.append(
             f"| {region} | {n} | {res['now'].savings_pct:.2f} | {res['window'].savings_pct:.2f} "
             f"| {res['ecoq'].savings_pct:.2f} | {res['oracle'].savings_pct:.2f} | {ratio:.2f} "
+            f"| {res['split'].savings_pct:.2f} | {res['split-oracle'].savings_pct:.2f} "
             f"| {'/'.join(map(str, misses))} | {res['ecoq'].plan_seconds:.1f} |"
         )
         print(lines[-1], flush=True)
@@ -109,7 +115,12 @@ def main() -> None:
         "forecast, each day's values issued at 00:00 UTC the day before; beyond the newest "
         "forecast the planner uses daily persistence of observed values). One job per hour, "
         "1–8 h, deadline 6–24 h after submission, min_saving 2 %, unlimited capacity. Savings are "
-        "measured on the actual intensity against running each job at submission.\n"
+        "measured on the actual intensity against running each job at submission. "
+        "The interruptible columns replay the same jobs allowed up to 2 pauses (checkpoint "
+        "pauses, 1-hour slots). With one forecast issue a day that already covers every "
+        "deadline, re-planning learns nothing new, so `ecoq` equals `window` on contiguous jobs "
+        "here; its gains come from relocation, interruptible slots, capacity and forecasts "
+        "that improve as the hour nears.\n"
         f"Measured {datetime.now(UTC):%Y-%m-%d} in {spent:.0f} s. Deadline misses in all: "
         f"{misses_total} (must be 0).\n\n" + "\n".join(lines)
     )

@@ -118,6 +118,10 @@ class Run(SQLModel, table=True):
     reason: str | None = None
     #: When the owning daemon sent SIGTERM (cancel or cold stop); SIGKILL follows after a grace.
     term_sent_at: datetime | None = _utc(default=None)
+    #: Metered energy of the run, all meters (J); None when nothing could meter it.
+    energy_j: float | None = None
+    #: `{"segments": [EnergySeries.to_dict(), ...]}`: one segment per daemon that metered it.
+    energy_series: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class ForecastRecord(SQLModel, table=True):

@@ -323,3 +323,68 @@ def test_second_sigterm_terminates_and_fails_running_jobs(rq: Queue, tmp_path: P
     assert job.state == S.FAILED and "second SIGTERM" in (job.reason or "")
     assert run is not None
     _wait_for(lambda: (Path(run.run_dir) / "exit.json").exists())
+
+
+# -- metering -------------------------------------------------------------------------------------
+class CountingMeter:
+    """Every read adds 10 J: deterministic energy for the daemon's bookkeeping."""
+
+    max_interval_s = float("inf")
+
+    def __init__(self, device: str) -> None:
+        from ecoq.meters import MeterDescription
+
+        self.description = MeterDescription(device, "counter", "test")
+        self.reads = 0
+        self.closed = False
+
+    def energy_j(self) -> float:
+        self.reads += 1
+        return 10.0 * self.reads
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_running_jobs_are_metered_and_energy_is_stored(rq: Queue, tmp_path: Path) -> None:
+    from ecoq.meters import Detection, MeterDefaults
+    from ecoq.scheduler.metering import RunMeters
+
+    opened: list[tuple[list[str], int]] = []
+    meters: list[CountingMeter] = []
+
+    def detect(*, settings: object, gpus: list[str], process: int) -> Detection:
+        opened.append((gpus, process))
+        meters.append(CountingMeter("cpu"))
+        return Detection((meters[-1],), ("nvml: no NVIDIA driver (test)",))
+
+    daemon = make_daemon(rq, tmp_path, box_gpus=1, meters=MeterDefaults())
+    daemon.meters = RunMeters(MeterDefaults(), interval_s=0.05, detect=detect)
+    flag = tmp_path / "go"
+    job_id = submit(rq, sh(f"while [ ! -e {flag} ]; do sleep 0.05; done"), gpus=1)
+    tick_until(daemon, lambda: bool(opened))
+    run = rq.latest_run(job_id)
+    assert run is not None and opened == [(["0"], run.pid)]
+    time.sleep(0.3)
+    flag.touch()
+    tick_until(daemon, state_is(rq, job_id, S.SUCCEEDED))
+    job, run = rq.get(job_id), rq.latest_run(job_id)
+    assert run is not None and run.energy_series is not None
+    [segment] = run.energy_series["segments"]
+    assert segment["meters"][0]["device"] == "cpu"
+    assert len(segment["t_s"]) >= 3  # the origin, samples while running, the final read
+    assert job.energy_j == run.energy_j == segment["energy_j"][0][-1] > 0
+    assert meters[0].closed
+
+
+def test_unmetered_runs_keep_energy_unknown(rq: Queue, tmp_path: Path) -> None:
+    from ecoq.meters import Detection, MeterDefaults
+    from ecoq.scheduler.metering import RunMeters
+
+    daemon = make_daemon(rq, tmp_path, meters=MeterDefaults())
+    daemon.meters = RunMeters(
+        MeterDefaults(), interval_s=0.05, detect=lambda **_: Detection((), ("all off",))
+    )
+    job_id = submit(rq, sh("sleep 0.3"))
+    tick_until(daemon, state_is(rq, job_id, S.SUCCEEDED))
+    assert rq.get(job_id).energy_j is None  # unknown, never a made-up zero

@@ -556,3 +556,12 @@ def test_importing_the_planner_does_not_import_numpy() -> None:
     code = "import sys, ecoq.scheduler.planning, ecoq.cli; print('numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_per_job_min_saving_overrides_the_call() -> None:
+    forecast = make_forecast([100, 99, 100, 100])
+    waited = JobRequest(1, T0, T0 + 4 * HOUR, HOUR, ("s",), min_saving=0.0)
+    fresh = JobRequest(2, T0, T0 + 4 * HOUR, HOUR, ("s",))
+    a, b = plan_jobs([waited, fresh], [Site("s", "TEST")], {"TEST": forecast}, now=T0)
+    assert a.start == T0 + HOUR and b.start == T0
+    assert b.reason == "saving 1.0 % below min_saving 2 %: run now"

@@ -68,6 +68,8 @@ def daemon(
                     tick_interval_s=cfg.daemon.tick_interval_s,
                     refresh_interval_s=cfg.forecast.refresh_interval_s,
                     kill_grace_s=cfg.daemon.kill_grace_s,
+                    meters=cfg.meters,
+                    meter_interval_s=cfg.meters.interval_s,
                 ),
             )
             if once:

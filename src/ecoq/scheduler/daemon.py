@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from ecoq.errors import EcoqError
+from ecoq.meters import MeterSettings
 from ecoq.models import Job, Run
 from ecoq.scheduler.executors import Executor, LaunchSpec
 from ecoq.scheduler.executors.local import LocalExecutor
 from ecoq.scheduler.forecasts import ForecastSource
+from ecoq.scheduler.metering import RunMeters, merge_segments, total_energy_j
 from ecoq.scheduler.queue import Queue
 from ecoq.scheduler.replan import PlannerParams, replan
 from ecoq.states import ACTIVE, WAITING, JobState
@@ -45,6 +47,11 @@ class DaemonConfig:
     tick_interval_s: float = 5.0
     refresh_interval_s: float = 1800.0
     kill_grace_s: float = 30.0
+    #: The `[meters]` settings; None: jobs are not metered (tests that do not need it).
+    meters: MeterSettings | None = None
+    meter_interval_s: float = 5.0
+    #: Seconds between fetches of realized history per zone (fallback forecaster, accounting).
+    history_interval_s: float = 6 * 3600.0
 
 
 @dataclass
@@ -76,6 +83,12 @@ class Daemon:
         self.stopping = False  # warm stop: claim nothing more
         self._replan_all = True
         self._lock = threading.Lock()
+        self.meters = (
+            RunMeters(config.meters, interval_s=config.meter_interval_s)
+            if config.meters is not None
+            else None
+        )
+        self._history_at: dict[str, datetime] = {}
 
     # -- the tick ---------------------------------------------------------------------------
     def tick(self) -> TickReport:
@@ -84,6 +97,7 @@ class Daemon:
             report = TickReport()
             now = self.clock()
             self._reap(now, report)
+            self._save_energy_snapshots()
             self._carry_out_requests(now)
             report.expired = [j.id for j in self.queue.expire_overdue(now) if j.id is not None]
             report.planned = replan(
@@ -92,6 +106,7 @@ class Daemon:
             self._replan_all = False
             if not self.stopping:
                 self._dispatch(now, report)
+            self._refresh_history(now)
             return report
 
     def request_replan(self) -> None:
@@ -117,17 +132,26 @@ class Daemon:
                     exit_code=code,
                     finished_at=status.finished_at or now,
                     reason=reason,
+                    **self._final_energy(run),
                 ):
                     report.reaped.append(job.id)
             elif status.state == "vanished":
                 reason = status.reason or "the job's wrapper and process are gone"
                 if self.queue.finish(
-                    job, run, S.FAILED, exit_code=None, finished_at=now, reason=reason
+                    job,
+                    run,
+                    S.FAILED,
+                    exit_code=None,
+                    finished_at=now,
+                    reason=reason,
+                    **self._final_energy(run),
                 ):
                     report.reaped.append(job.id)
             elif status.state == "running":
                 if run.pid is None:
                     self.queue.update_run(run.id, pid=status.pid, started_at=status.started_at)
+                if self.meters is not None and status.pid is not None:
+                    self.meters.start(run.id, status.pid, list(run.gpu_indices))
             elif not _alive(run.wrapper_pid) and self.executor.abandon(Path(run.run_dir)):
                 # Claimed, but the wrapper never took the start token: it never ran. Requeue.
                 self.queue.update_run(
@@ -142,6 +166,37 @@ class Daemon:
                     planned_start=None,
                 )
                 report.requeued.append(job.id)
+
+    def _final_energy(self, run: Run) -> dict[str, Any]:
+        """The run's energy for `Queue.finish`: this daemon's final read plus earlier segments."""
+        if self.meters is None or run.id is None:
+            return {}
+        series = self.meters.stop(run.id)
+        if series is None and not run.energy_series:
+            return {}
+        merged = merge_segments(run.energy_series, series.to_dict() if series else None)
+        return {"energy_j": total_energy_j(merged), "energy_series": merged}
+
+    def _save_energy_snapshots(self) -> None:
+        if self.meters is None:
+            return
+        snapshots = self.meters.due_snapshots()
+        if not snapshots:
+            return
+        for _job, run in self.queue.active(self.config.worker):
+            if run.id in snapshots:
+                merged = merge_segments(run.energy_series, snapshots[run.id])
+                self.queue.update_run(run.id, energy_series=merged, energy_j=total_energy_j(merged))
+
+    def _refresh_history(self, now: datetime) -> None:
+        """Fetch realized values for zones in use, every `history_interval_s` per zone."""
+        every = timedelta(seconds=self.config.history_interval_s)
+        for zone in self.queue.zones_in_use():
+            last = self._history_at.get(zone)
+            if last is not None and now - last < every:
+                continue
+            self._history_at[zone] = now
+            self.source.refresh_history(zone, now - timedelta(days=2), now)
 
     def _carry_out_requests(self, now: datetime) -> None:
         for job, run in self.queue.active(self.config.worker):
@@ -246,6 +301,7 @@ class Daemon:
                     exit_code=None,
                     finished_at=now,
                     reason="daemon stopped: second SIGTERM terminated the job",
+                    **self._final_energy(run),
                 )
         deadline = now + timedelta(seconds=self.config.kill_grace_s)
         while self.clock() < deadline and any(

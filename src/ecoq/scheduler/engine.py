@@ -268,10 +268,9 @@ def _decide(ctx: Context, j: int, home: int, plan: Choice | None, now_eff: float
         asap = "now is the cleanest window"
     else:
         saving = (now_eff - plan.mean) / now_eff if now_eff > 0 else 0.0
-        if saving < ctx.min_saving or saving <= TIE_REL:
-            asap = (
-                f"saving {saving * 100:.1f} % below min_saving {ctx.min_saving * 100:g} %: run now"
-            )
+        threshold = ctx.min_saving if job.min_saving is None else job.min_saving
+        if saving < threshold or saving <= TIE_REL:
+            asap = f"saving {saving * 100:.1f} % below min_saving {threshold * 100:g} %: run now"
             saving = 0.0
     warning = None
     choice: Choice | None

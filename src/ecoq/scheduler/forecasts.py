@@ -220,7 +220,8 @@ class ForecastSource:
             label = f"{cached[0].label}, cached {age_s / 3600:.1f} h ago" + (
                 " (stale)" if stale else ""
             )
-            return self._use(zone, "stale cache" if stale else "cache", cached[0], label, cause)
+            step = "stale cached forecast" if stale else "cached forecast"
+            return self._use(zone, step, cached[0], label, cause)
         fallback = self._from_history(zone, start, end)
         if fallback is not None:
             return self._use(zone, "fallback forecaster", fallback, None, cause)
@@ -236,8 +237,8 @@ class ForecastSource:
 
     def refresh_history(self, zone: str, start: datetime, end: datetime) -> bool:
         """Fetch realized values for [start, end) into the store; False when unavailable."""
-        if self.store is None:
-            return False
+        if self.store is None or self.provider.name == "bundled":
+            return False  # a typical profile has no realized values
         try:
             history = self.provider.history(zone, start, end)
         except (ForecastUnavailable, UnknownZone) as exc:

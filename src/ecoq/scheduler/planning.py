@@ -315,6 +315,9 @@ class JobRequest:
         state: `new`, `running` (a segment runs up to `earliest_start`; carrying on is no
             pause) or `paused` (stopped now; its pause already counted).
         run_now: start as early as capacity allows, ignoring carbon (`ecoq start`).
+        min_saving: this job's run-now threshold, overriding `plan_jobs`'s. Re-plans of a job
+            that already waited pass 0: the wait was decided against its submission, and
+            re-deciding it against every later "now" would let the job drift to worse hours.
     """
 
     key: int | str
@@ -331,6 +334,7 @@ class JobRequest:
     pause: PauseKind = "stop"
     state: StartState = "new"
     run_now: bool = False
+    min_saving: float | None = None
 
 
 @dataclass(frozen=True)
@@ -452,6 +456,8 @@ def plan_jobs(
             )
         if any(not w > 0 for w in job.profile):
             raise ValidationError(f"job {job.key}: profile weights must be positive")
+        if job.min_saving is not None and not 0.0 <= job.min_saving <= 1.0:
+            raise ValidationError(f"job {job.key}: min_saving {job.min_saving} is not a fraction")
         if job.gpus < 0 or not job.power_kw > 0:
             raise ValidationError(f"job {job.key}: gpus must be ≥ 0 and power_kw > 0")
     for r in reservations:

@@ -152,6 +152,16 @@ class Queue:
             )
             return list(rows)
 
+    def zones_in_use(self) -> list[str]:
+        """Zones of waiting and active jobs, sorted."""
+        with session(self.engine) as s:
+            rows = s.exec(
+                select(Job.zone)
+                .where(col(Job.state).in_([str(x) for x in WAITING | ACTIVE]))
+                .distinct()
+            ).all()
+        return sorted(rows)
+
     def latest_run(self, job_id: int) -> Run | None:
         with session(self.engine) as s:
             return s.exec(
@@ -368,8 +378,13 @@ class Queue:
         exit_code: int | None,
         finished_at: datetime,
         reason: str | None = None,
+        energy_j: float | None = None,
+        energy_series: dict[str, Any] | None = None,
     ) -> bool:
-        """End a running or paused job and its run together; False if it had already moved."""
+        """End a running or paused job and its run together; False if it had already moved.
+
+        `energy_j` (J, None = not metered) and `energy_series` are stored on both when given.
+        """
         assert job.id is not None
         for state in ACTIVE:
             check_transition(job.id, state, target)
@@ -384,6 +399,7 @@ class Queue:
                     reason=reason,
                     request=None,
                     updated_at=self.clock(),
+                    **({} if energy_j is None else {"energy_j": energy_j}),
                 )
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -392,7 +408,13 @@ class Queue:
             s.execute(
                 update(Run)
                 .where(col(Run.id) == run.id)
-                .values(exit_code=exit_code, finished_at=finished_at, reason=reason)
+                .values(
+                    exit_code=exit_code,
+                    finished_at=finished_at,
+                    reason=reason,
+                    **({} if energy_j is None else {"energy_j": energy_j}),
+                    **({} if energy_series is None else {"energy_series": energy_series}),
+                )
             )
             s.commit()
         return True

@@ -178,6 +178,7 @@ def _request(live: _Live, now: float, policy: Policy) -> tuple[JobRequest, list[
             max_pauses=job.max_pauses,
             pause="checkpoint",
             run_now=policy == "now",
+            min_saving=0.0 if now > job.submit_s else None,  # it already waited
         )
         return request, reserve
     zone, _, last_end = live.fixed[-1]
@@ -197,6 +198,7 @@ def _request(live: _Live, now: float, policy: Policy) -> tuple[JobRequest, list[
         max_pauses=left,
         pause="checkpoint",
         state=state,
+        min_saving=0.0,
     )
     return request, reserve
 
