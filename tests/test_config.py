@@ -399,11 +399,6 @@ def test_zero_kill_grace_and_min_saving_bounds_allowed(env: dict[str, str]) -> N
     [
         ("planner.averaging", "simpson", "'interval', 'trapezoid'"),
         ("planner.fail_policy", "never", "'now', 'latest'"),
-        (
-            "forecast.provider",
-            "wattime",
-            "'bundled', 'file', 'watttime', 'electricitymaps', 'ukgrid'",
-        ),
     ],
 )
 def test_bad_enum_lists_valid_values(env: dict[str, str], key: str, bad: str, valid: str) -> None:
@@ -413,6 +408,33 @@ def test_bad_enum_lists_valid_values(env: dict[str, str], key: str, bad: str, va
     assert msg.startswith(f"--thing: {key} = {bad!r} is not a valid choice")
     assert f"expected one of {valid}" in msg
     assert "Fix: change --thing" in msg
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("wattime", "unknown provider 'wattime'; give one or more of bundled, file, watttime"),
+        ("", "no provider"),
+        ("ukgrid, ukgrid", "names a provider twice"),
+        ("watttime, ukgrid", "mixes signal types (watttime is marginal, ukgrid is average)"),
+    ],
+)
+def test_bad_provider_chain(env: dict[str, str], value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            env=env,
+            overrides={"forecast.provider": value},
+            override_flags={"forecast.provider": "--provider"},
+        )
+    assert message in str(info.value)
+    assert "Fix: change --provider" in str(info.value)
+
+
+def test_provider_chain_of_one_signal(env: dict[str, str]) -> None:
+    from ecoq.config import provider_chain
+
+    cfg = load_settings(env={**env, "ECOQ_FORECAST__PROVIDER": "ukgrid, electricitymaps"})
+    assert provider_chain(cfg.forecast.provider) == ["ukgrid", "electricitymaps"]
 
 
 def test_bad_cli_typed_value(env: dict[str, str]) -> None:

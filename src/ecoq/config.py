@@ -62,6 +62,7 @@ class SiteSettings:
     name: str = ""  #: "" = the host name
     zone: str = ""  #: default zone for jobs; "" = none, jobs must pass --zone
     gpus: int = -1  #: -1 = detect with NVML (0 when NVML is missing); >= 0 = this many
+    max_jobs: int = 0  #: most jobs running at once on this site; 0 = no limit beyond GPUs
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ class UKGridSettings:
 
 @dataclass(frozen=True)
 class ForecastSettings:
-    provider: ProviderName = "bundled"
+    #: the zone's providers in order, comma-separated, all of one signal type
+    provider: str = "bundled"
     file: str = ""  #: forecast file for provider "file"
     max_age_s: int = 21600  #: seconds after which a cached forecast is stale
     refresh_interval_s: int = 1800  #: seconds between forecast refreshes in the daemon
@@ -108,6 +110,7 @@ class ForecastSettings:
 class DaemonSettings:
     tick_interval_s: float = 5.0  #: seconds between daemon ticks
     kill_grace_s: float = 30.0  #: seconds from SIGTERM to SIGKILL (cancelled jobs, cold stop)
+    stale_after_s: float = 300.0  #: another daemon silent this long is lost (many boxes)
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,16 @@ class MetersSettings:
     nvml_power_interval_s: float = 0.1  #: seconds between power samples (GPUs without counter)
 
 
+@dataclass(frozen=True)
+class AccountingSettings:
+    """``[accounting]``: how runs' emissions are computed (`ecoq.accounting`)."""
+
+    pue: float = 1.0  #: facility energy / IT energy (>= 1), applied to every run's energy
+    finalize_after_s: int = 604800  #: seconds after a run's end when forecast figures are final
+    embodied_g_per_gpu_hour: float = 0.0  #: SCI's M per GPU a run holds, g/hour; 0 = unset
+    embodied_g_per_host_hour: float = 0.0  #: SCI's M, the host's share per run, g/hour; 0 = unset
+
+
 #: Section name -> its dataclass; the fields of each are the section's keys, in documented order.
 SECTIONS: Mapping[str, type[Any]] = {
     "database": DatabaseSettings,
@@ -132,6 +145,7 @@ SECTIONS: Mapping[str, type[Any]] = {
     "forecast": ForecastSettings,
     "daemon": DaemonSettings,
     "meters": MetersSettings,
+    "accounting": AccountingSettings,
 }
 
 
@@ -146,6 +160,7 @@ class Settings:
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     meters: MetersSettings = field(default_factory=MetersSettings)
+    accounting: AccountingSettings = field(default_factory=AccountingSettings)
     #: "section.key" -> "default" | "file <path>:<line>" | "env ECOQ_X" | "cli <flag or key>"
     sources: Mapping[str, str] = field(default_factory=dict, hash=False)
     config_file: Path | None = None  #: the TOML file read, if any
@@ -233,10 +248,16 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "forecast.ukgrid.timeout_s": (lambda v: v > 0, "a number of seconds > 0"),
     "daemon.tick_interval_s": (lambda v: v > 0, "a number of seconds > 0"),
     "daemon.kill_grace_s": (lambda v: v >= 0, "a number of seconds >= 0"),
+    "daemon.stale_after_s": (lambda v: v > 0, "a number of seconds > 0"),
+    "site.max_jobs": (lambda v: v >= 0, "an integer >= 0 (0 = no limit beyond the GPUs)"),
     "meters.interval_s": (lambda v: v > 0, "a number of seconds > 0"),
     "meters.cpu_watts": (lambda v: v >= 0, "a number of watts >= 0 (0 = from the TDP table)"),
     "meters.ram_w_per_gb": (lambda v: v >= 0, "a number of W per GB >= 0 (0 = no RAM estimate)"),
     "meters.nvml_power_interval_s": (lambda v: v > 0, "a number of seconds > 0"),
+    "accounting.pue": (lambda v: v >= 1, "a number >= 1 (1.0 = no facility overhead)"),
+    "accounting.finalize_after_s": (lambda v: v >= 0, "a number of seconds >= 0"),
+    "accounting.embodied_g_per_gpu_hour": (lambda v: v >= 0, "grams per hour >= 0 (0 = unset)"),
+    "accounting.embodied_g_per_host_hour": (lambda v: v >= 0, "grams per hour >= 0 (0 = unset)"),
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
 
@@ -495,6 +516,41 @@ def _cli_values(
     return values
 
 
+#: The signal each provider gives (WattTime's depends on its signal type).
+_AVERAGE = {"bundled", "file", "electricitymaps", "ukgrid"}
+
+
+def provider_chain(value: str) -> list[str]:
+    """`forecast.provider` as the list of provider names it holds, in order."""
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def _check_provider_chain(values: Mapping[str, object], origin: "_Origin | None") -> list[str]:
+    at = f"{origin.where}: " if origin else ""
+    fix = origin.fix if origin else "set forecast.provider"
+    value = str(values["forecast.provider"])
+    names = provider_chain(value)
+    valid = get_args(ProviderName)
+    bad = [n for n in names if n not in valid]
+    if not names or bad:
+        what = f"unknown provider {bad[0]!r}" if bad else "no provider"
+        return [
+            f"{at}forecast.provider = {value!r}: {what}; give one or more of "
+            f"{', '.join(valid)}, comma-separated, in failover order. Fix: {fix}."
+        ]
+    if len(set(names)) != len(names):
+        return [f"{at}forecast.provider = {value!r} names a provider twice. Fix: {fix}."]
+    moer = values.get("forecast.watttime.signal_type", "co2_moer") == "co2_moer"
+    signals = {n: ("marginal" if n == "watttime" and moer else "average") for n in names}
+    if len(set(signals.values())) > 1:
+        mix = ", ".join(f"{n} is {sig}" for n, sig in signals.items())
+        return [
+            f"{at}forecast.provider = {value!r} mixes signal types ({mix}); a zone's "
+            f"failover chain must stay within one signal type. Fix: {fix}."
+        ]
+    return []
+
+
 def load_settings(
     *,
     config_file: Path | None = None,
@@ -537,7 +593,8 @@ def load_settings(
                 errors.append(str(exc))
                 continue
             sources[dotted], origins[dotted] = origin.source, origin
-    if values["forecast.provider"] == "file" and not values["forecast.file"]:
+    errors += _check_provider_chain(values, origins.get("forecast.provider"))
+    if "file" in provider_chain(str(values["forecast.provider"])) and not values["forecast.file"]:
         o = origins.get("forecast.provider")
         errors.append(
             f"{o.where + ': ' if o else ''}forecast.provider = 'file' needs forecast.file, "

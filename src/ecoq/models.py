@@ -96,6 +96,50 @@ class Job(SQLModel, table=True):
     counterfactual_g: float | None = None
     avoided_g: float | None = None
     updated_at: datetime = _utc()
+    #: Accounting of its runs (`ecoq.scheduler.reconcile`): provisional, final, final-forecast,
+    #: unmetered or no-intensity (see `ecoq.accounting`); None before a run was accounted.
+    accounting: str | None = Field(default=None, sa_type=String(16))
+    #: The provenance of realized_g / counterfactual_g / avoided_g (its latest run's).
+    accounting_signal: str | None = None
+    intensity_source: str | None = None
+    #: "forecast" or "realized" intensity values.
+    intensity_kind: str | None = None
+    #: "measured", "estimate", "partly estimate" or "unknown".
+    energy_method: str | None = None
+    # -- planning in the daemon (migration 0006) --------------------------------------------
+    #: The zones the job may run in, home zone first (`--zone DE --zone FR`); None: `[zone]`.
+    zones: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    #: May be split into segments (`--interruptible`).
+    interruptible: bool = False
+    #: Most pauses allowed (None: unlimited); the daemon never pauses the job more often.
+    max_pauses: int | None = None
+    #: Shortest segment worth running, seconds (`--min-segment`).
+    min_segment_s: int = 0
+    #: The signal that makes the job save its state and exit ("SIGUSR1"); None: SIGSTOP pauses.
+    checkpoint_signal: str | None = None
+    #: The argv that resumes a checkpointed job (same cwd and environment).
+    resume_command: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    #: The job's segments, `[[start, end], ...]` as ISO-8601 UTC: those it ran (as they ran)
+    #: and those planned. A contiguous job has one.
+    segments: list[list[str]] | None = Field(default=None, sa_column=Column(JSON))
+    #: Where the plan runs the job (the site's zone), and the figures `ecoq show` explains.
+    plan_zone: str | None = None
+    plan_candidates: int | None = None
+    plan_runner_up_start: datetime | None = _utc(default=None)
+    plan_runner_up_g_per_kwh: float | None = None
+    plan_runner_up_zone: str | None = None
+    #: The plan's saving against starting now (fraction; 0 when it starts now) and the
+    #: min_saving it was held to.
+    plan_saving: float | None = None
+    plan_min_saving: float | None = None
+    #: Planned pauses taken so far, and seconds of work done in finished segments.
+    pauses: int = 0
+    work_done_s: float = 0.0
+    #: The running segment: when it started and when its planned pause is due (None: no pause).
+    segment_started_at: datetime | None = _utc(default=None)
+    segment_end: datetime | None = _utc(default=None)
+    #: When the daemon sent the checkpoint signal (the job is expected to exit).
+    checkpoint_at: datetime | None = _utc(default=None)
 
 
 class Run(SQLModel, table=True):
@@ -122,6 +166,52 @@ class Run(SQLModel, table=True):
     energy_j: float | None = None
     #: `{"segments": [EnergySeries.to_dict(), ...]}`: one segment per daemon that metered it.
     energy_series: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    #: Accounting (`ecoq.scheduler.reconcile`, formulas in `ecoq.accounting`): provisional,
+    #: final, final-forecast, unmetered or no-intensity; None until the run is accounted.
+    accounting: str | None = Field(default=None, sa_type=String(16))
+    accounted_at: datetime | None = _utc(default=None)
+    #: Provenance: the zone, signal, provider, kind ("forecast"/"realized") and label of the
+    #: intensity that weighed the energy, and how the energy was measured.
+    intensity_zone: str | None = None
+    accounting_signal: str | None = None
+    intensity_source: str | None = None
+    intensity_kind: str | None = None
+    intensity_label: str | None = None
+    energy_method: str | None = None
+    #: Joules of `energy_j` that came from an estimate, and per device kind (IT energy).
+    estimate_energy_j: float | None = None
+    cpu_energy_j: float | None = None
+    gpu_energy_j: float | None = None
+    ram_energy_j: float | None = None
+    meter_errors: int | None = None
+    pue: float | None = None
+    facility_energy_j: float | None = None
+    realized_g: float | None = None
+    counterfactual_g: float | None = None
+    avoided_g: float | None = None
+    #: When the counterfactual run ("without ecoq") starts: submission, or --not-before.
+    counterfactual_start: datetime | None = _utc(default=None)
+    #: SCI's M (g CO2e) from the configured per-device figures; None when none is configured.
+    embodied_g: float | None = None
+    #: Seconds ecoq made the job wait (start − submission or --not-before), and whether the run
+    #: finished after the job's deadline; stored so reports aggregate in SQL.
+    delay_s: float | None = None
+    deadline_missed: bool | None = None
+    #: What the job's `ecoq.track` calls recorded: {"units": {...}, "windows": [...], ...}.
+    marks: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+    __table_args__ = (Index("ix_runs_accounting", "accounting"),)
+
+
+class RunUnit(SQLModel, table=True):
+    """Units of work one run marked with `ecoq.track` (epochs, inferences): SCI's R."""
+
+    __tablename__ = "run_units"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="runs.id", index=True)
+    unit: str
+    count: float
 
 
 class ForecastRecord(SQLModel, table=True):
@@ -149,3 +239,22 @@ class ForecastRecord(SQLModel, table=True):
     start: datetime = _utc()
     end: datetime = _utc()
     points: list[list[float | None]] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class DaemonRow(SQLModel, table=True):
+    """A daemon that owns jobs (one per site), and its heartbeat.
+
+    Another daemon that sees the heartbeat go stale reconciles the silent daemon's jobs.
+    """
+
+    __tablename__ = "daemons"
+
+    #: The worker name: the site name (`site.name`, default the host name).
+    name: str = Field(primary_key=True)
+    host: str
+    pid: int
+    zone: str | None = None
+    started_at: datetime = _utc()
+    heartbeat_at: datetime = _utc()
+    #: Set when the daemon stopped cleanly; a stopped daemon is never "stale".
+    stopped_at: datetime | None = _utc(default=None)

@@ -25,11 +25,13 @@ class JobState(StrEnum):
 S = JobState
 
 #: Every legal move. `running → pending` is the requeue of a claimed job whose wrapper provably
-#: never started it (the daemon died between claim and launch); nothing else goes backwards.
+#: never started it (the daemon died between claim and launch); `running → planned` is a
+#: checkpoint pause (an interruptible job saved its state and exited; its resume command runs at
+#: its next segment). Nothing else goes backwards.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.PENDING: frozenset({S.PLANNED, S.RUNNING, S.CANCELLED, S.EXPIRED}),
     S.PLANNED: frozenset({S.PENDING, S.PLANNED, S.RUNNING, S.CANCELLED, S.EXPIRED}),
-    S.RUNNING: frozenset({S.PAUSED, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PENDING}),
+    S.RUNNING: frozenset({S.PAUSED, S.PLANNED, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PENDING}),
     S.PAUSED: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),

@@ -82,6 +82,18 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _spans(stored: Any) -> list[tuple[datetime, datetime]] | None:
+    """Stored segments (`[[start, end], ...]`, ISO-8601) as aware UTC pairs."""
+    if not stored:
+        return None
+    out = []
+    for a, b in stored:
+        start, end = _time(a), _time(b)
+        if start is not None and end is not None:
+            out.append((start, end))
+    return out
+
+
 def iso(when: datetime | None) -> str | None:
     """ISO-8601 UTC with a `Z`, as every `--json` output writes times."""
     if when is None:
@@ -129,6 +141,27 @@ class JobView:
     realized_g: float | None
     counterfactual_g: float | None
     avoided_g: float | None
+    zones: list[str] | None = None
+    interruptible: bool = False
+    max_pauses: int | None = None
+    min_segment_s: int = 0
+    checkpoint_signal: str | None = None
+    resume_command: list[str] | None = None
+    segments: list[tuple[datetime, datetime]] | None = None
+    plan_zone: str | None = None
+    plan_candidates: int | None = None
+    plan_runner_up_start: datetime | None = None
+    plan_runner_up_g_per_kwh: float | None = None
+    plan_runner_up_zone: str | None = None
+    plan_saving: float | None = None
+    plan_min_saving: float | None = None
+    pauses: int = 0
+    work_done_s: float = 0.0
+
+    @property
+    def allowed_zones(self) -> list[str]:
+        """The zones the job may run in, home zone first."""
+        return list(self.zones) if self.zones else [self.zone]
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "JobView":
@@ -170,12 +203,28 @@ class JobView:
             realized_g=row["realized_g"],
             counterfactual_g=row["counterfactual_g"],
             avoided_g=row["avoided_g"],
+            zones=_json(row["zones"]),
+            interruptible=bool(row["interruptible"]),
+            max_pauses=row["max_pauses"],
+            min_segment_s=int(row["min_segment_s"] or 0),
+            checkpoint_signal=row["checkpoint_signal"],
+            resume_command=_json(row["resume_command"]),
+            segments=_spans(_json(row["segments"])),
+            plan_zone=row["plan_zone"],
+            plan_candidates=row["plan_candidates"],
+            plan_runner_up_start=_time(row["plan_runner_up_start"]),
+            plan_runner_up_g_per_kwh=row["plan_runner_up_g_per_kwh"],
+            plan_runner_up_zone=row["plan_runner_up_zone"],
+            plan_saving=row["plan_saving"],
+            plan_min_saving=row["plan_min_saving"],
+            pauses=int(row["pauses"] or 0),
+            work_done_s=float(row["work_done_s"] or 0.0),
         )
 
     @classmethod
     def from_model(cls, job: Any) -> "JobView":
         """Build from an `ecoq.models.Job` (or anything with the same attributes)."""
-        return cls.from_row({name: getattr(job, name) for name in cls.__dataclass_fields__})
+        return cls.from_row({name: getattr(job, name) for name in _FIELDS})
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` object: the design doc's keys first, then ecoq's extra detail."""
@@ -214,10 +263,25 @@ class JobView:
             "plan_label": self.plan_label,
             "plan_reason": self.plan_reason,
             "reason": self.reason,
+            "zones": self.allowed_zones,
+            "segments": [{"start": iso(a), "end": iso(b)} for a, b in self.segments or []],
+            "interruptible": self.interruptible,
+            "max_pauses": self.max_pauses,
+            "min_segment_s": self.min_segment_s,
+            "checkpoint_signal": self.checkpoint_signal,
+            "resume_command": self.resume_command,
+            "pauses": self.pauses,
+            "plan_zone": self.plan_zone,
+            "plan_candidates": self.plan_candidates,
+            "plan_runner_up_start": iso(self.plan_runner_up_start),
+            "plan_runner_up_g_per_kwh": self.plan_runner_up_g_per_kwh,
+            "plan_saving_fraction": self.plan_saving,
+            "plan_min_saving_fraction": self.plan_min_saving,
         }
 
 
-_COLUMNS = ", ".join(f'"{name}"' for name in JobView.__dataclass_fields__)
+_FIELDS = [n for n in JobView.__dataclass_fields__ if n != "allowed_zones"]
+_COLUMNS = ", ".join(f'"{name}"' for name in _FIELDS)
 
 
 def list_jobs(reader: Reader, *, include_finished: bool = False) -> list[JobView]:

@@ -179,3 +179,18 @@ def test_recovery_is_logged(
     back = source.forecast("DE", clock.now, clock.now + H)
     assert back is not None and back.source == "stub"
     assert any("again" in r.getMessage() for r in caplog.records)
+
+
+def test_providers_are_tried_in_order(
+    store: ForecastStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = StubProvider("first"), StubProvider("second")
+    second.results = [hourly(clock.now, [3] * 24, source="second")]
+    source = ForecastSource([first, second], store=store, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="ecoq.scheduler.forecasts"):
+        got = source.forecast("DE", clock.now, clock.now + H)
+    assert got is not None and got.source == "second" and (first.calls, second.calls) == (1, 1)
+    assert "using live from second" in caplog.records[0].getMessage()
+    clock.advance(minutes=5)  # the second provider's forecast is now the fresh cache
+    cached = source.forecast("DE", clock.now, clock.now + H)
+    assert cached is not None and cached.source == "second" and first.calls == 1

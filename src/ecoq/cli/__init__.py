@@ -5,7 +5,7 @@ inside their bodies; the database layer (SQLAlchemy, SQLModel, Alembic) only whe
 Exit codes: 0 ok, 2 bad usage or input (nothing written), 1 other errors.
 """
 
-from ecoq.cli import jobs, meter, ops, simulate  # noqa: F401  (register the commands)
+from ecoq.cli import check, jobs, meter, ops, report, simulate  # noqa: F401  (register the commands)
 from ecoq.cli.app import app
 
 

@@ -146,7 +146,7 @@ def forecast_provider(kind: str | None = None) -> "ForecastProvider":
 
     cfg = settings().forecast
     return make_provider(
-        kind or cfg.provider,
+        kind or cfg.provider.split(",")[0].strip(),
         file=Path(cfg.file) if cfg.file else None,
         watttime=cfg.watttime,
         electricitymaps=cfg.electricitymaps,
@@ -155,19 +155,43 @@ def forecast_provider(kind: str | None = None) -> "ForecastProvider":
 
 
 def forecast_source(*, provider: str | None = None) -> "ForecastSource":
-    """The failover chain for `provider` (default `forecast.provider`), with the database's
-    forecast cache behind it (see `ecoq.scheduler.forecasts`)."""
+    """The failover chain for `provider` (default: the `forecast.provider` chain), with the
+    database's forecast cache behind it (see `ecoq.scheduler.forecasts`)."""
+    from ecoq.config import provider_chain
     from ecoq.db import open_engine
     from ecoq.forecasting.bundled import BundledProvider
     from ecoq.scheduler.forecasts import ChainSettings, ForecastSource, ForecastStore
 
     cfg = settings().forecast
+    names = [provider] if provider else provider_chain(cfg.provider)
     return ForecastSource(
-        forecast_provider(provider),
+        [forecast_provider(name) for name in names],
         store=ForecastStore(open_engine(settings().database_url)),
         bundled=BundledProvider(),
         settings=ChainSettings(refresh_s=cfg.refresh_interval_s, max_age_s=cfg.max_age_s),
     )
+
+
+def canonical_zone(zone: str, *, provider: str | None = None) -> str:
+    """The zone as the providers name it: with only the bundled profiles, resolved (case, cloud
+    regions and cities, e.g. `aws:eu-central-1` → `DE`) so a typo fails before anything is
+    stored; Electricity Maps takes the same codes, so an alias is resolved for it too.
+
+    Raises:
+        UnknownZone: only the bundled profiles are configured and they do not know the zone.
+    """
+    from ecoq.config import provider_chain
+
+    names = [provider] if provider else provider_chain(settings().forecast.provider)
+    if names == ["bundled"]:
+        from ecoq.forecasting.bundled import resolve_zone
+
+        return resolve_zone(zone)
+    if "electricitymaps" in names:
+        from ecoq.forecasting.regions import resolve_alias
+
+        return resolve_alias(zone) or zone
+    return zone
 
 
 def box_gpus() -> int:

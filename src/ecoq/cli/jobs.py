@@ -13,6 +13,7 @@ from ecoq.cli.app import (
     JsonOpt,
     app,
     box_gpus,
+    canonical_zone,
     errors,
     examples,
     forecast_source,
@@ -25,13 +26,22 @@ from ecoq.cli.app import (
 )
 
 if TYPE_CHECKING:
-    from ecoq.scheduler.queue import JobSpec
+    from datetime import datetime
+    from typing import Any
+
+    from ecoq.scheduler.queue import JobSpec, Queue
 
 SUBMIT_EPILOG = examples(
     "ecoq submit train.sh --deadline 12h --duration 2h --zone DE",
     "ecoq submit train.py --deadline 2026-12-01T08:00Z --gpus 2 -- --lr 3e-4 --epochs 10",
+    "ecoq submit sweep.sh --deadline 1d --duration 6h --zone DE --interruptible --max-pauses 3",
+    "ecoq submit train.py --deadline 2d --duration 8h --zone DE --zone FR --interruptible "
+    "--min-segment 1h --checkpoint-signal SIGUSR1 --resume 'python3 train.py --resume'",
     note="The deadline is when the job must FINISH (a span after now, or an ISO time with an "
-    "offset). Arguments for the script go after it; put `--` before any that start with a dash.",
+    "offset). Arguments for the script go after it; put `--` before any that start with a dash. "
+    "An interruptible job may be paused between its cleanest segments: by SIGSTOP (its GPUs stay "
+    "held), or with --checkpoint-signal the job saves its state and exits, and --resume runs "
+    "later.",
 )
 
 
@@ -49,7 +59,11 @@ def submit(
     ] = None,
     not_before: Annotated[str | None, typer.Option(help="Do not start before this.")] = None,
     zone: Annotated[
-        str | None, typer.Option(help="Grid zone, e.g. DE (default site.zone).")
+        list[str] | None,
+        typer.Option(
+            help="Grid zone, e.g. DE (default site.zone). Repeat for more allowed zones; the "
+            "first is the home zone."
+        ),
     ] = None,
     gpus: Annotated[int, typer.Option(help="GPUs the job needs.")] = 0,
     name: Annotated[str | None, typer.Option(help="A name (default: the script's).")] = None,
@@ -58,6 +72,24 @@ def submit(
         bool,
         typer.Option("--drop-if-late", help="Expire instead of running late if it cannot start."),
     ] = False,
+    interruptible: Annotated[
+        bool,
+        typer.Option("--interruptible", help="May be paused between its cleanest segments."),
+    ] = False,
+    max_pauses: Annotated[
+        int | None, typer.Option(help="Pause it at most this often (default: no limit).")
+    ] = None,
+    min_segment: Annotated[
+        str | None, typer.Option(help="Shortest segment worth running, e.g. 30m.")
+    ] = None,
+    checkpoint_signal: Annotated[
+        str | None,
+        typer.Option(help="Signal that makes the job save its state and exit (SIGUSR1)."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(metavar="CMD", help="Command that resumes it after a checkpoint."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Queue a job to run in the cleanest window that still meets its deadline."""
@@ -67,8 +99,7 @@ def submit(
     from ecoq.errors import ValidationError
     from ecoq.parsing import parse_duration, parse_when, resolve_script
     from ecoq.render import span as span_text
-    from ecoq.scheduler.queue import JobSpec, validate_spec
-    from ecoq.scheduler.replan import PlannerParams, plan_fields
+    from ecoq.scheduler.jobspec import JobSpec, parse_signal, validate_spec
     from ecoq.views import JobView
 
     with errors():
@@ -79,16 +110,13 @@ def submit(
         argv = resolved.argv + list(args or [])
         deadline_at = parse_when(deadline, now, flag="--deadline")
         not_before_at = parse_when(not_before, now, flag="--not-before") if not_before else None
-        zone_name = zone or cfg.site.zone
-        if not zone_name:
+        zones = list(zone or []) or ([cfg.site.zone] if cfg.site.zone else [])
+        if not zones:
             raise ValidationError(
                 "no zone given; pass --zone (e.g. --zone DE; `ecoq zones` lists them) "
                 "or set site.zone in the config"
             )
-        if cfg.forecast.provider == "bundled":
-            from ecoq.forecasting.bundled import resolve_zone
-
-            zone_name = resolve_zone(zone_name)
+        zones = list(dict.fromkeys(canonical_zone(z) for z in zones))
         if duration is not None:
             span, span_source = parse_duration(duration), "user"
         else:
@@ -99,7 +127,7 @@ def submit(
             env={k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV_VARS},
             user=getpass.getuser(),
             uid=os.getuid(),
-            zone=zone_name,
+            zone=zones[0],
             deadline=deadline_at,
             duration=span,
             duration_source=span_source,
@@ -108,6 +136,14 @@ def submit(
             gpus=gpus,
             not_before=not_before_at,
             drop_if_late=drop_if_late,
+            zones=tuple(zones),
+            interruptible=interruptible,
+            max_pauses=max_pauses,
+            min_segment=parse_duration(min_segment, flag="--min-segment")
+            if min_segment
+            else timedelta(0),
+            checkpoint_signal=parse_signal(checkpoint_signal) if checkpoint_signal else None,
+            resume_command=_resume_argv(resume, cwd) if resume is not None else None,
         )
         queue = None
         if duration is None and open_reader() is not None:  # no database: nothing to learn
@@ -129,20 +165,7 @@ def submit(
                 f"{span_text(spec.duration.total_seconds())}; pass --duration)"
             ) from None
         queue = queue or open_queue()
-        params = PlannerParams(
-            min_saving=cfg.planner.min_saving,
-            rule=cfg.planner.averaging,
-            fail_policy=cfg.planner.fail_policy,
-        )
-        plan = plan_fields(
-            forecast_source(),
-            zone=spec.zone,
-            now=now,
-            not_before=spec.not_before,
-            deadline=spec.deadline,
-            duration=spec.duration,
-            params=params,
-        )
+        plan = _preview_plan(queue, spec, now)
         job = queue.submit(spec)
         assert job.id is not None
         queue.set_plan(job.id, **plan)
@@ -153,6 +176,50 @@ def submit(
         from ecoq.render import submit_line
 
         typer.echo(submit_line(view, now))
+
+
+def _resume_argv(command: str, cwd: Path) -> list[str]:
+    """`--resume 'python3 train.py --resume'` as an argv list (shell words, never a shell), its
+    program resolved as SCRIPT is. Raises ValidationError."""
+    import shlex
+
+    from ecoq.errors import ValidationError
+    from ecoq.parsing import resolve_script
+
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise ValidationError(f"--resume {command!r} is not a command line: {exc}") from None
+    if not words:
+        raise ValidationError("--resume is empty; give the command that resumes the job")
+    try:
+        return resolve_script(words[0], cwd).argv + words[1:]
+    except ValidationError as exc:
+        raise ValidationError(f"--resume: {exc}") from None
+
+
+def _preview_plan(queue: "Queue", spec: "JobSpec", now: "datetime") -> "dict[str, Any]":
+    """The plan the daemon would make for the new job now (the same `plan_jobs`, with the
+    capacity that running and planned jobs hold). Raises UnknownZone."""
+    from ecoq.scheduler.replan import LocalSite, PlannerParams, plan_batch, split
+
+    cfg = settings()
+    site = LocalSite(
+        name=cfg.site_name,
+        zone=cfg.site.zone or None,
+        gpus=box_gpus(),
+        max_jobs=cfg.site.max_jobs,
+        daemons=max(1, queue.live_daemons(now - timedelta(seconds=cfg.daemon.stale_after_s))),
+    )
+    params = PlannerParams(
+        min_saving=cfg.planner.min_saving,
+        rule=cfg.planner.averaging,
+        fail_policy=cfg.planner.fail_policy,
+    )
+    holding = split(queue.planning_jobs(), site, all_waiting=False)[1] if site.limited else []
+    draft = queue.new_job(spec)
+    [(_, fields)] = plan_batch([draft], holding, forecast_source(), now, params, site, strict=True)
+    return fields
 
 
 def _with_duration(spec: "JobSpec", span: timedelta, source: str) -> "JobSpec":
@@ -187,18 +254,31 @@ def queue_cmd(
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-@app.command(epilog=examples("ecoq show 7", "ecoq show 7 --json"))
-def show(job_id: JobId, json_out: JsonOpt = False) -> None:
-    """Show one job and explain its plan."""
+@app.command(epilog=examples("ecoq show 7", "ecoq show 7 --json", "ecoq show 7 --plot job7.png"))
+def show(
+    job_id: JobId,
+    json_out: JsonOpt = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Also draw its forecast, chosen and run-now windows into this PNG."),
+    ] = None,
+) -> None:
+    """Show one job, explain its plan, and give its emissions with their provenance."""
+    from ecoq.cli.report import accounting_lines, write_job_plot
     from ecoq.render import show_lines
 
     with errors():
         job = load_job(job_id)
+        if plot is not None:
+            write_job_plot(job_id, plot)
+        accounting = accounting_lines(job_id) if not json_out else []
     if json_out:
         print_json(job.to_json())
         return
-    for label, value in show_lines(job, utcnow()):
+    for label, value in [*show_lines(job, utcnow()), *accounting]:
         typer.echo(f"{label:>13}: {value}")
+    if plot is not None:
+        typer.echo(f"plot written to {plot}")
 
 
 def _request(action: str, job_id: int) -> None:

@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from ecoq.cli.app import STATE, JsonOpt, app, examples, fail, forecast_source, settings, utcnow
+from ecoq.cli.app import (
+    STATE,
+    JsonOpt,
+    app,
+    canonical_zone,
+    examples,
+    fail,
+    forecast_source,
+    settings,
+    utcnow,
+)
 from ecoq.errors import EcoqError
 
 if TYPE_CHECKING:
@@ -138,11 +148,7 @@ def _check_zone(zone: str) -> str:
     Raises:
         UnknownZone: the bundled profiles do not know it.
     """
-    if zone and settings().forecast.provider == "bundled":
-        from ecoq.forecasting.bundled import resolve_zone
-
-        return resolve_zone(zone)
-    return zone
+    return canonical_zone(zone) if zone else zone
 
 
 def _wait(proc: "subprocess.Popen[bytes]") -> tuple[int, float]:

@@ -9,6 +9,7 @@ from ecoq.cli.app import (
     JsonOpt,
     app,
     box_gpus,
+    canonical_zone,
     config_app,
     errors,
     examples,
@@ -69,11 +70,17 @@ def daemon(
                     refresh_interval_s=cfg.forecast.refresh_interval_s,
                     kill_grace_s=cfg.daemon.kill_grace_s,
                     meters=cfg.meters,
+                    zone=cfg.site.zone or None,
+                    max_jobs=cfg.site.max_jobs,
+                    stale_after_s=cfg.daemon.stale_after_s,
                     meter_interval_s=cfg.meters.interval_s,
                 ),
             )
             if once:
-                report = runner.tick()
+                try:
+                    report = runner.tick()
+                finally:
+                    runner.close()
                 typer.echo(
                     f"tick: planned {report.planned}, started {report.started or 'none'}, "
                     f"ended {report.reaped or 'none'}"
@@ -127,10 +134,7 @@ def forecast(
             raise ValidationError("no zone given; pass --zone, e.g. --zone DE (`ecoq zones`)")
         if hours <= 0 or hours > 24 * 31:
             raise ValidationError(f"--hours {hours:g} must be more than 0 and at most 744 (31 d)")
-        if (provider or cfg.forecast.provider) == "bundled":
-            from ecoq.forecasting.bundled import resolve_zone
-
-            zone_name = resolve_zone(zone_name)
+        zone_name = canonical_zone(zone_name, provider=provider)
         span = parse_duration(duration) if duration else None
         until = parse_when(deadline, now, flag="--deadline") if deadline else None
         if (span is None) != (until is None):

@@ -102,13 +102,20 @@ class Usage:
 
 @dataclass
 class ZoneGrid:
+    """A zone's curve, its cell costs and its scored candidate rows (by profile and length)."""
+
     curve: Curve
     costs: Floats
     cands: dict[tuple[float, ...], Candidates] = field(default_factory=dict)
     rows: dict[tuple[tuple[float, ...], float], int] = field(default_factory=dict)
+    origin_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.origin_s = ts(self.curve.origin)
 
     def sec(self, epoch_s: float) -> float:
-        return epoch_s - ts(self.curve.origin)
+        """Epoch seconds as seconds on this grid."""
+        return epoch_s - self.origin_s
 
     def cell_range(self, start_s: float, end_s: float) -> tuple[int, int]:
         tick = self.curve.tick_s
@@ -173,7 +180,7 @@ def slot_inputs(
 
 def slots_choice(ctx: Context, j: int, si: int, plan: SlotPlan) -> Choice:
     zone = ctx.zone_of(si)
-    origin, tick = ts(zone.curve.origin), zone.curve.tick_s
+    origin, tick = zone.origin_s, zone.curve.tick_s
     left = float(ctx.dur[j])
     segs: list[tuple[float, float]] = []
     for a, b in plan.segments:
@@ -201,7 +208,7 @@ def _site_fit(
     zone, usage = ctx.zone_of(si), ctx.usage[si]
     if not usage.ever_fits(job.gpus):
         return None, None
-    origin = ts(zone.curve.origin)
+    origin = zone.origin_s
     beyond = max(zone.curve.span_s, usage.free_after(job.gpus) * zone.curve.tick_s)
     s = np.array([e, max(e, latest), max(e, origin + beyond)]) - origin
     known = ctx.ends.get(ctx.sites[si].zone)
@@ -228,7 +235,7 @@ def _site_fit(
     c1 = np.ceil((s + d) / tick - _EPS).astype(np.int64)
     blocked = usage.blocked(job.gpus)
     n = len(blocked) - 1
-    ok = blocked[np.clip(c1, 0, n)] == blocked[np.clip(c0, 0, n)]
+    ok = blocked[np.minimum(c1, n)] == blocked[np.minimum(np.maximum(c0, 0), n)]
     best: _Option | None = None
     good = ok & (s + origin <= latest + _EPS)
     if want_best and good.any():

@@ -1,39 +1,49 @@
-"""The daemon: one `tick` that does everything, driven by APScheduler.
+"""The daemon: one `tick` that does everything, driven by APScheduler (`ecoq.scheduler.service`).
 
 A tick reaps ended jobs, carries out requests (cancel, hold, release), expires jobs that may not
-run late, plans new jobs (and re-plans all waiting ones after a forecast refresh), and starts the
-jobs that are due, never using more GPUs than the box has. Jobs run under detached wrappers
-(`ecoq.scheduler.executors`), so a daemon killed at any point learns on restart how each job
-ended, and a claimed job whose wrapper never took its start token is put back in the queue:
+run late, plans new jobs with `plan_jobs` (and re-plans every waiting job after a forecast
+refresh, or when capacity frees up on a limited site; `ecoq.scheduler.replan`), pauses and
+resumes interruptible jobs at their segment boundaries (`ecoq.scheduler.pauses`), and starts the
+jobs that are due, never using more GPUs or job slots than the box has. Jobs run under detached
+wrappers (`ecoq.scheduler.executors`), so a daemon killed at any point learns on restart how each
+job ended, and a claimed job whose wrapper never took its start token is put back in the queue:
 no job is ever started twice.
 """
 
-import fcntl
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from ecoq.errors import EcoqError
 from ecoq.meters import MeterSettings
 from ecoq.models import Job, Run
+from ecoq.scheduler.daemons import DaemonRegistry
 from ecoq.scheduler.executors import Executor, LaunchSpec
 from ecoq.scheduler.executors.local import LocalExecutor
 from ecoq.scheduler.forecasts import ForecastSource
 from ecoq.scheduler.metering import RunMeters, merge_segments, total_energy_j
+from ecoq.scheduler.pauses import PauseReport, Pauses, segment_end_for
 from ecoq.scheduler.queue import Queue
-from ecoq.scheduler.replan import PlannerParams, replan
+from ecoq.scheduler.replan import LocalSite, PlannerParams, replan
+from ecoq.scheduler.service import DaemonLock, run_forever
 from ecoq.states import ACTIVE, WAITING, JobState
+
+__all__ = ["Daemon", "DaemonConfig", "DaemonLock", "TickReport", "run_forever"]
 
 log = logging.getLogger(__name__)
 S = JobState
+#: A re-plan for capacity that came free waits until this many times the last full re-plan's
+#: duration has passed since it (a forecast refresh or a new job is planned at once).
+_REPLAN_SHARE = 5.0
 
 
 @dataclass
@@ -52,17 +62,37 @@ class DaemonConfig:
     meter_interval_s: float = 5.0
     #: Seconds between fetches of realized history per zone (fallback forecaster, accounting).
     history_interval_s: float = 6 * 3600.0
+    #: The site's zone (`site.zone`), recorded with the heartbeat.
+    zone: str | None = None
+    #: Most jobs running at once on this site; 0 = no limit beyond the GPUs.
+    max_jobs: int = 0
+    #: Another daemon silent this long (seconds) is lost and its running jobs are reconciled.
+    stale_after_s: float = 300.0
+    #: Watts each GPU of a stopped (SIGSTOP) job still draws; the planner weighs pauses by it.
+    idle_w_per_gpu: float = 50.0
+
+    def site(self) -> LocalSite:
+        """This box as the planner sees it."""
+        return LocalSite(
+            name=self.worker,
+            zone=self.zone,
+            gpus=self.box_gpus,
+            max_jobs=self.max_jobs,
+            idle_w_per_gpu=self.idle_w_per_gpu,
+        )
 
 
 @dataclass
-class TickReport:
-    """What one tick did (for logs and tests)."""
+class TickReport(PauseReport):
+    """What one tick did (for logs and tests): also `paused`, `resumed`, `checkpointed`."""
 
     reaped: list[int] = field(default_factory=list)
     started: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
     planned: int = 0
     expired: list[int] = field(default_factory=list)
+    #: Jobs of a lost daemon that this tick reconciled as failed.
+    lost: list[int] = field(default_factory=list)
 
 
 class Daemon:
@@ -82,6 +112,11 @@ class Daemon:
         self.clock: Callable[[], datetime] = queue.clock
         self.stopping = False  # warm stop: claim nothing more
         self._replan_all = True
+        # Capacity that came free (a job ended) re-plans every waiting job too, but a re-plan of
+        # thousands of jobs takes seconds: such re-plans use at most 1/_REPLAN_SHARE of the time.
+        self._capacity_freed = False
+        self._replanned_at = 0.0  # time.monotonic() of the last full re-plan
+        self._replan_took_s = 0.0
         self._lock = threading.Lock()
         self.meters = (
             RunMeters(config.meters, interval_s=config.meter_interval_s)
@@ -89,6 +124,8 @@ class Daemon:
             else None
         )
         self._history_at: dict[str, datetime] = {}
+        self.registry = DaemonRegistry(queue)
+        self.pauses = Pauses(queue, self.executor, kill_grace_s=config.kill_grace_s)
 
     # -- the tick ---------------------------------------------------------------------------
     def tick(self) -> TickReport:
@@ -96,18 +133,52 @@ class Daemon:
         with self._lock:
             report = TickReport()
             now = self.clock()
+            self.heartbeat()
+            report.lost = self.registry.reconcile_stale(
+                self.config.worker, timedelta(seconds=self.config.stale_after_s)
+            )
             self._reap(now, report)
             self._save_energy_snapshots()
             self._carry_out_requests(now)
             report.expired = [j.id for j in self.queue.expire_overdue(now) if j.id is not None]
-            report.planned = replan(
-                self.queue, self.source, now, self.config.planner, all_waiting=self._replan_all
-            )
-            self._replan_all = False
+            if (report.reaped or report.checkpointed) and self.config.site().limited:
+                self._capacity_freed = True  # jobs pushed later for want of room may fit now
+            with self.registry.planning_lock() as planner:
+                if planner:  # else another daemon is planning right now: next tick
+                    everything = self._replan_all or (
+                        self._capacity_freed
+                        and time.monotonic() - self._replanned_at
+                        >= _REPLAN_SHARE * self._replan_took_s
+                    )
+                    began = time.monotonic()
+                    report.planned = replan(
+                        self.queue,
+                        self.source,
+                        now,
+                        self.config.planner,
+                        self._site(now),
+                        all_waiting=everything,
+                    )
+                    if everything:
+                        self._replan_all = self._capacity_freed = False
+                        self._replanned_at = time.monotonic()
+                        self._replan_took_s = self._replanned_at - began
+            self.pauses.step(now, self.queue.active(self.config.worker), report)
             if not self.stopping:
                 self._dispatch(now, report)
             self._refresh_history(now)
             return report
+
+    def _site(self, now: datetime) -> LocalSite:
+        """This box for the planner, with the number of live daemons sharing the database."""
+        since = now - timedelta(seconds=self.config.stale_after_s)
+        return replace(self.config.site(), daemons=max(1, self.queue.live_daemons(since)))
+
+    def heartbeat(self) -> None:
+        """Tell other daemons on the database that this one is alive (thread-safe)."""
+        self.registry.heartbeat(
+            self.config.worker, host=socket.gethostname(), pid=os.getpid(), zone=self.config.zone
+        )
 
     def request_replan(self) -> None:
         """Re-plan every waiting job at the next tick (after a forecast refresh)."""
@@ -118,6 +189,13 @@ class Daemon:
             assert job.id is not None and run.id is not None
             status = self.executor.status(Path(run.run_dir))
             if status.state == "exited":
+                energy = self._final_energy(run)
+                if (
+                    job.checkpoint_at is not None
+                    and job.request != "cancel"
+                    and self.pauses.reap_checkpoint(job, run, status, now, energy, report)
+                ):
+                    continue
                 code = status.exit_code
                 if job.request == "cancel":
                     target, reason = S.CANCELLED, "cancelled by user"
@@ -125,6 +203,8 @@ class Daemon:
                     target, reason = S.SUCCEEDED, None
                 else:
                     target, reason = S.FAILED, status.reason or f"exited with status {code}"
+                    if job.checkpoint_at is not None:
+                        reason += f" after {job.checkpoint_signal} (checkpoint pause)"
                 if self.queue.finish(
                     job,
                     run,
@@ -132,7 +212,7 @@ class Daemon:
                     exit_code=code,
                     finished_at=status.finished_at or now,
                     reason=reason,
-                    **self._final_energy(run),
+                    **energy,
                 ):
                     report.reaped.append(job.id)
             elif status.state == "vanished":
@@ -205,11 +285,14 @@ class Daemon:
             if job.request == "cancel":
                 self._terminate(run, now, run_dir)
             elif job.request == "hold" and job.state == S.RUNNING:
+                if job.checkpoint_at is not None:
+                    continue  # checkpointing: the hold applies once it has exited
                 self.executor.signal(run_dir, signal.SIGSTOP)
-                self.queue.transition(job.id, [S.RUNNING], S.PAUSED, request=None)
+                self.queue.user_pause(job, now)
             elif job.request == "release" and job.state == S.PAUSED:
-                self.executor.signal(run_dir, signal.SIGCONT)
-                self.queue.transition(job.id, [S.PAUSED], S.RUNNING, request=None)
+                keep = job.segment_end if job.segment_end and job.segment_end > now else None
+                if self.queue.user_resume(job, now, segment_end=keep):
+                    self.executor.signal(run_dir, signal.SIGCONT)
             elif job.request is not None and job.request != "cancel":
                 self.queue.clear_request(job.id)  # e.g. release of a job that already resumed
 
@@ -223,15 +306,20 @@ class Daemon:
             self.executor.signal(run_dir, signal.SIGKILL)
 
     def _dispatch(self, now: datetime, report: TickReport) -> None:
-        used = {i for _, run in self.queue.active(self.config.worker) for i in run.gpu_indices}
+        active = self.queue.active(self.config.worker)
+        used = {i for _, run in active for i in run.gpu_indices}
         free = [i for i in range(self.config.box_gpus) if i not in used]
-        for job in self.queue.due(now):
+        slots = self.config.max_jobs - len(active) if self.config.max_jobs else None
+        for job in self.queue.due(now, site=self.config.worker):
+            if slots is not None and slots <= 0:
+                break
             if job.gpus > len(free):
                 continue  # waits for GPUs; smaller jobs behind it may still fit
             gpus, free = free[: job.gpus], free[job.gpus :]
             if self._start(job, gpus, now):
                 assert job.id is not None
                 report.started.append(job.id)
+                slots = None if slots is None else slots - 1
             else:
                 free = sorted(free + gpus)
 
@@ -245,6 +333,7 @@ class Daemon:
             host=socket.gethostname(),
             run_dir=str(run_dir),
             gpus=gpus,
+            segment_end=segment_end_for(job, now),
         )
         if run is None:
             return False
@@ -256,10 +345,11 @@ class Daemon:
             CUDA_DEVICE_ORDER="PCI_BUS_ID",
             CUDA_VISIBLE_DEVICES=",".join(str(i) for i in gpus),
         )
+        resume = bool(job.pauses and job.checkpoint_signal and job.resume_command)
         spec = LaunchSpec(
             job_id=job.id,
             run_id=run.id,
-            argv=list(job.command),
+            argv=list(job.resume_command or []) if resume else list(job.command),
             cwd=job.cwd,
             env=env,
             run_dir=run_dir,
@@ -272,8 +362,30 @@ class Daemon:
             )
             return True
         self.queue.update_run(run.id, wrapper_pid=launched.wrapper_pid)
-        log.info("job %s started in %s (gpus=%s)", job.id, run_dir, gpus or "none")
+        log.info(
+            "job %s %s in %s (gpus=%s)",
+            job.id,
+            "resumed (resume command)" if resume else "started",
+            run_dir,
+            gpus or "none",
+        )
         return True
+
+    def close(self) -> None:
+        """Leave cleanly: store what the meters measured so far (a later daemon continues with
+        a new segment) and record the stop, so no other daemon reconciles this one as lost."""
+        with self._lock:
+            if self.meters is not None:
+                for _job, run in self.queue.active(self.config.worker):
+                    assert run.id is not None
+                    series = self.meters.stop(run.id)
+                    if series is not None:
+                        merged = merge_segments(run.energy_series, series.to_dict())
+                        self.queue.update_run(
+                            run.id, energy_series=merged, energy_j=total_energy_j(merged)
+                        )
+                self.meters.stop_all()
+            self.registry.stopped(self.config.worker)
 
     # -- the warm and cold stop -------------------------------------------------------------
     def has_active(self) -> bool:
@@ -332,113 +444,3 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class DaemonLock:
-    """One daemon per data folder: an exclusive `flock` held for the daemon's life."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / "daemon.lock"
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        """Raises EcoqError naming the pid of the daemon that already runs."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 (held for the daemon's lifetime)
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            other = fh.read().strip() or "?"
-            fh.close()
-            raise EcoqError(
-                f"another ecoq daemon (pid {other}) already runs on {self.path.parent}; "
-                "stop it first, or use another paths.data_dir"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def run_forever(daemon: Daemon, *, until_idle: bool = False) -> None:
-    """Run the daemon under APScheduler until stopped.
-
-    SIGTERM or SIGINT once: stop claiming, let running jobs finish, then return. Twice:
-    terminate the running jobs, mark them failed with the reason, and return. With `until_idle`
-    it also returns once nothing is waiting or running.
-    """
-    from apscheduler.executors.pool import ThreadPoolExecutor
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    done = threading.Event()
-    idle = threading.Event()
-    signals = {"count": 0}
-    cfg = daemon.config
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        signals["count"] += 1
-        daemon.stopping = True
-        log.warning(
-            "signal %s (%d): %s",
-            signum,
-            signals["count"],
-            "warm stop" if signals["count"] == 1 else "cold stop",
-        )
-        done.set()
-
-    def guarded_tick() -> None:
-        try:
-            report = daemon.tick()
-        except Exception:  # keep the daemon alive; the next tick retries
-            log.exception("tick failed")
-            return
-        if report.started or report.reaped:
-            log.info("tick: started=%s ended=%s", report.started, report.reaped)
-        if until_idle and daemon.is_idle():
-            idle.set()
-            done.set()
-        wake = daemon.queue.next_start()
-        if wake is not None and wake > daemon.clock():
-            scheduler.add_job(guarded_tick, "date", run_date=wake, id="wake", replace_existing=True)
-
-    scheduler = BackgroundScheduler(
-        executors={"default": ThreadPoolExecutor(1)},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        timezone="UTC",
-    )
-    scheduler.add_job(
-        guarded_tick,
-        "interval",
-        seconds=cfg.tick_interval_s,
-        id="tick",
-        next_run_time=daemon.clock(),
-    )
-    scheduler.add_job(
-        daemon.request_replan, "interval", seconds=cfg.refresh_interval_s, id="refresh"
-    )
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    scheduler.start()
-    try:
-        while True:
-            done.wait(cfg.tick_interval_s)
-            done.clear()
-            if signals["count"] >= 2:
-                scheduler.shutdown(wait=True)
-                daemon.cold_stop()
-                return
-            if signals["count"] == 1 and not daemon.has_active():
-                return  # warm stop complete: every running job has ended
-            if idle.is_set():
-                return
-    finally:
-        if scheduler.running:
-            scheduler.shutdown(wait=True)
-        for s, handler in old.items():
-            signal.signal(s, handler)

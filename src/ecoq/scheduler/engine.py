@@ -89,7 +89,7 @@ def _score_contiguous(ctx: Context, allowed: Bools) -> tuple[Floats, Floats, Flo
     for zname, zone in ctx.zones.items():
         zsites = [i for i, s in enumerate(ctx.sites) if s.zone == zname]
         members = np.flatnonzero(allowed[:, zsites].any(axis=1))
-        origin = ts(zone.curve.origin)
+        origin = zone.origin_s
         for pid, profile in enumerate(profiles):
             idx = members[profile_ids[members] == pid]
             if len(idx) == 0:
@@ -102,6 +102,7 @@ def _score_contiguous(ctx: Context, allowed: Bools) -> tuple[Floats, Floats, Flo
             s, m, n0, c, first_m, last_m = cands.best(
                 rows, ctx.e[idx] - origin, latest[idx] - origin
             )
+            cands.release()  # the capacity phase only needs the scored rows
             ctx.ends.setdefault(zname, np.full((len(ctx.jobs), 2), np.inf))[idx] = np.stack(
                 (first_m, last_m), axis=1
             )

@@ -4,7 +4,8 @@ Every forecast a provider returns, and every series of realized values, is store
 (`ForecastStore`) with its provider, signal, issue time and fetch time. `ForecastSource` is what
 the planner asks, and it fails over exactly as design.md's "Planning" says:
 
-1. a fresh cached forecast (fetched within `refresh_s`), else the zone's provider, live;
+1. a fresh cached forecast (fetched within `refresh_s`), else the zone's providers, live, in
+   order (`forecast.provider = "ukgrid, electricitymaps"`; one signal type, checked by config);
 2. the newest cached forecast covering the window, however old (with a warning past `max_age_s`);
 3. the fallback forecaster on stored realized history;
 4. the bundled typical profile (only behind average-signal providers: a chain never mixes
@@ -171,11 +172,11 @@ class ChainSettings:
 
 
 class ForecastSource:
-    """The failover chain for one configured provider (see the module docstring)."""
+    """The failover chain behind the configured providers (see the module docstring)."""
 
     def __init__(
         self,
-        provider: ForecastProvider,
+        providers: ForecastProvider | Sequence[ForecastProvider],
         *,
         store: ForecastStore | None = None,
         bundled: ForecastProvider | None = None,
@@ -183,12 +184,16 @@ class ForecastSource:
         settings: ChainSettings = ChainSettings(),
         clock: Clock = _utcnow,
     ) -> None:
-        self.provider = provider
+        chain = [providers] if not isinstance(providers, Sequence) else list(providers)
+        if not chain:
+            raise ValueError("a forecast chain needs at least one provider")
+        self.providers: list[ForecastProvider] = chain
         self.store = store
-        signal = getattr(provider, "signal", "average")
+        signal = getattr(chain[0], "signal", "average")
         # The typical profile is an average signal: never behind a marginal provider.
-        self.bundled = bundled if bundled is not provider and signal != "marginal" else None
+        self.bundled = bundled if signal != "marginal" else None
         self.signal: str = signal
+        self._names = [p.name for p in chain if p.name != "bundled"]
         self.fallback = fallback
         self.settings = settings
         self.clock = clock
@@ -205,15 +210,25 @@ class ForecastSource:
         cached = self._cached(zone, start)
         if cached is not None and (now - cached[1]).total_seconds() < self.settings.refresh_s:
             return self._use(zone, "cache", cached[0])
-        try:
-            live = self.provider.forecast(zone, start, end)
-        except ForecastUnavailable as exc:
-            cause: str = str(exc)
-        else:
-            if self.store is not None and self.provider.name != "bundled":
+        causes = []
+        for provider in self.providers:
+            try:
+                live = provider.forecast(zone, start, end)
+            except ForecastUnavailable as exc:
+                causes.append(str(exc))
+                continue
+            if self.store is not None and provider.name != "bundled":
                 self.store.save(live)
                 self._memo[zone] = (live, now)
-            return self._use(zone, "live", live)
+            primary = provider is self.providers[0]
+            return self._use(
+                zone,
+                "live" if primary else f"live from {provider.name}",
+                live,
+                None,
+                "; ".join(causes),
+            )
+        cause = "; ".join(causes)
         if cached is not None:
             age_s = (now - cached[1]).total_seconds()
             stale = age_s > self.settings.max_age_s
@@ -237,23 +252,27 @@ class ForecastSource:
 
     def refresh_history(self, zone: str, start: datetime, end: datetime) -> bool:
         """Fetch realized values for [start, end) into the store; False when unavailable."""
-        if self.store is None or self.provider.name == "bundled":
-            return False  # a typical profile has no realized values
-        try:
-            history = self.provider.history(zone, start, end)
-        except (ForecastUnavailable, UnknownZone) as exc:
-            log.info("no realized history from %s for %s: %s", self.provider.name, zone, exc)
+        if self.store is None:
             return False
-        self.store.save(history)
-        return True
+        for provider in self.providers:
+            if provider.name == "bundled":
+                continue  # a typical profile has no realized values
+            try:
+                history = provider.history(zone, start, end)
+            except (ForecastUnavailable, UnknownZone) as exc:
+                log.info("no realized history from %s for %s: %s", provider.name, zone, exc)
+                continue
+            self.store.save(history)
+            return True
+        return False
 
     def _cached(self, zone: str, start: datetime) -> tuple[Forecast, datetime] | None:
-        if self.store is None or self.provider.name == "bundled":
+        if self.store is None or not self._names:
             return None
         memo = self._memo.get(zone)
         if memo is not None and memo[0].start <= start < memo[0].end:
             return memo  # saves a query per job when re-planning many jobs of one zone
-        found = self.store.newest(zone, [self.provider.name], covering=start)
+        found = self.store.newest(zone, self._names, covering=start)
         if found is not None:
             self._memo[zone] = found
         return found
@@ -286,17 +305,12 @@ class ForecastSource:
         previous = self._step.get(zone)
         if step != previous:
             self._step[zone] = step
+            first = self.providers[0].name
             if step in ("live", "cache"):
                 if previous is not None and previous not in ("live", "cache"):
-                    log.info("forecast for %s from %s again", zone, self.provider.name)
+                    log.info("forecast for %s from %s again", zone, first)
             else:
-                log.warning(
-                    "forecast for %s: %s failed (%s); using %s",
-                    zone,
-                    self.provider.name,
-                    cause,
-                    step,
-                )
+                log.warning("forecast for %s: %s failed (%s); using %s", zone, first, cause, step)
         if forecast is None:
             return None
         return replace(forecast, label=label) if label else forecast

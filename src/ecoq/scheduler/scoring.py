@@ -296,7 +296,7 @@ class Candidates:
     keys: Floats
     scores: Floats
     valid_before: Ints
-    rmq: RangeMin
+    rmq: RangeMin | None
     width: int
     row_len: Ints
 
@@ -343,6 +343,8 @@ class Candidates:
         were compared, and the means of the windows at `earliest` and at `latest` (`inf` unless
         fully covered). `latest < earliest` is treated as `latest = earliest`.
         """
+        if self.rmq is None:
+            raise ValueError("Candidates.best after release(); build the candidates again")
         latest = np.maximum(latest, earliest)
         dur = self.durations_s[rows]
         now_mean = window_means(self.curve, earliest, dur, self.weights)
@@ -364,3 +366,7 @@ class Candidates:
         inner_count = np.where(hi >= lo, self.valid_before[hi + 1] - self.valid_before[lo], 0)
         count = inner_count + np.isfinite(now_mean) + (np.isfinite(last_mean) & (latest > earliest))
         return start, best, now_ref, count.astype(np.int64), now_mean, last_mean
+
+    def release(self) -> None:
+        """Free the range-minimum index (most of the memory); `best` no longer works."""
+        self.rmq = None

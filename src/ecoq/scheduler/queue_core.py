@@ -1,0 +1,451 @@
+"""The job queue's core and its daemon side: the compare-and-set primitive, claiming, reaping,
+and the planned pauses of interruptible jobs. `ecoq.scheduler.queue.Queue` builds on these
+classes (user-facing calls, submission, planning); job SQL lives in these two modules only.
+
+Every state change is a compare-and-set (`UPDATE … WHERE id = :id AND state IN (…)`) checked
+against `ecoq.states.TRANSITIONS`, so two processes racing on a job cannot both win.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, func, or_, update
+from sqlmodel import col, select
+
+from ecoq.db import session
+from ecoq.errors import JobNotFound
+from ecoq.models import Job, Run
+from ecoq.scheduler.jobspec import hm
+from ecoq.states import ACTIVE, WAITING, JobState, check_transition
+
+__all__ = ["Clock", "DaemonSide", "QueueCore", "utcnow"]
+
+S = JobState
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _worked_s(job: Job, until: datetime) -> float:
+    """Seconds of work in the job's running segment up to `until` (0 when none runs)."""
+    if job.segment_started_at is None:
+        return 0.0
+    return max(0.0, (until - job.segment_started_at).total_seconds())
+
+
+class QueueCore:
+    """Jobs and runs in one database. Thread-compatible: each call opens its own session."""
+
+    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def get(self, job_id: int) -> Job:
+        """The job with that id. Raises JobNotFound."""
+        with session(self.engine) as s:
+            job = s.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}; `ecoq queue --all` lists the jobs")
+        return job
+
+    def jobs(self, states: Iterable[JobState]) -> list[Job]:
+        """Jobs in any of `states`, oldest first."""
+        with session(self.engine) as s:
+            rows = s.exec(
+                select(Job)
+                .where(col(Job.state).in_([str(x) for x in states]))
+                .order_by(col(Job.id))
+            )
+            return list(rows)
+
+    def latest_run(self, job_id: int) -> Run | None:
+        with session(self.engine) as s:
+            return s.exec(
+                select(Run).where(Run.job_id == job_id).order_by(col(Run.id).desc()).limit(1)
+            ).first()
+
+    # -- the compare-and-set primitive ------------------------------------------------------
+    def transition(
+        self, job_id: int, expect: Iterable[JobState], target: JobState, **values: Any
+    ) -> bool:
+        """Move the job to `target` if it is in one of `expect`; False when it was not.
+
+        Raises IllegalTransition when `expect → target` is not a legal move at all.
+        """
+        return self._move(job_id, list(expect), target, [], **values)
+
+    def _move(
+        self,
+        job_id: int,
+        expect: Sequence[JobState],
+        target: JobState,
+        extra: Sequence[ColumnElement[bool]],
+        **values: Any,
+    ) -> bool:
+        for state in expect:
+            check_transition(job_id, state, target)
+        return self._cas_where(job_id, expect, extra, state=str(target), **values)
+
+    def _cas(self, job_id: int, expect: Sequence[JobState], **values: Any) -> bool:
+        return self._cas_where(job_id, expect, [], **values)
+
+    def _cas_where(
+        self,
+        job_id: int,
+        expect: Sequence[JobState],
+        extra: Sequence[ColumnElement[bool]],
+        **values: Any,
+    ) -> bool:
+        """`_cas` with more conditions on the row (all must hold)."""
+        values.setdefault("updated_at", self.clock())
+        stmt = (
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.state).in_([str(x) for x in expect]), *extra)
+            .values(**values)
+        )
+        with session(self.engine) as s:
+            result = s.execute(stmt)
+            s.commit()
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def clear_request(self, job_id: int) -> None:
+        with session(self.engine) as s:
+            s.execute(update(Job).where(col(Job.id) == job_id).values(request=None))
+            s.commit()
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        with session(self.engine) as s:
+            s.execute(update(Run).where(col(Run.id) == run_id).values(**values))
+            s.commit()
+
+
+class DaemonSide(QueueCore):
+    """What a daemon does to the jobs it owns."""
+
+    def due(self, now: datetime, limit: int = 100, *, site: str | None = None) -> list[Job]:
+        """Planned, unheld jobs whose start has come, earliest first; with `site`, only jobs
+        planned for that site or for no site in particular."""
+        with session(self.engine) as s:
+            where: list[ColumnElement[bool]] = [
+                col(Job.state) == str(S.PLANNED),
+                col(Job.held).is_(False),
+                col(Job.planned_start) <= now,
+            ]
+            if site is not None:
+                where.append(or_(col(Job.site).is_(None), col(Job.site) == site))
+            rows = s.exec(
+                select(Job).where(*where).order_by(col(Job.planned_start), col(Job.id)).limit(limit)
+            )
+            return list(rows)
+
+    def next_start(self) -> datetime | None:
+        """When a tick next has work (to wake the daemon then): the earliest planned start of an
+        unheld planned job or of a job in a planned pause, or the end of a running segment."""
+        with session(self.engine) as s:
+            start = s.exec(
+                select(func.min(Job.planned_start)).where(
+                    col(Job.state).in_([str(S.PLANNED), str(S.PAUSED)]), col(Job.held).is_(False)
+                )
+            ).one()
+            end = s.exec(select(func.min(Job.segment_end)).where(Job.state == str(S.RUNNING))).one()
+        times = [t for t in (start, end) if t is not None]
+        return min(times) if times else None
+
+    def claim(
+        self,
+        job: Job,
+        *,
+        worker: str,
+        host: str,
+        run_dir: str,
+        gpus: list[int],
+        segment_end: datetime | None = None,
+    ) -> Run | None:
+        """Claim a planned job for this daemon and create its run; None if another got it first.
+
+        The claim and the run row commit together, so a job is never running without a run. A
+        resumed job (after a checkpoint) keeps its first start time; it is late when what is
+        left of its work can no longer finish by the deadline. `segment_end` is when the run's
+        planned pause is due (None: it runs to the end).
+        """
+        now = self.clock()
+        remaining = max(0.0, job.duration_s - job.work_done_s)
+        late = job.late or now > job.deadline - timedelta(seconds=remaining)
+        assert job.id is not None
+        with session(self.engine) as s:
+            # Row lock first, skipping a row another daemon is claiming (PostgreSQL; SQLite has
+            # no FOR UPDATE and serialises writers instead), then the compare-and-set decides.
+            locked = s.exec(
+                select(Job.id).where(col(Job.id) == job.id).with_for_update(skip_locked=True)
+            ).first()
+            if locked is None:
+                s.rollback()
+                return None
+            result = s.execute(
+                update(Job)
+                .where(
+                    col(Job.id) == job.id,
+                    col(Job.state) == str(S.PLANNED),
+                    col(Job.held).is_(False),
+                )
+                .values(
+                    state=str(S.RUNNING),
+                    worker=worker,
+                    started_at=job.started_at or now,
+                    late=late,
+                    updated_at=now,
+                    segment_started_at=now,
+                    segment_end=segment_end,
+                    checkpoint_at=None,
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                s.rollback()
+                return None
+            run = Run(
+                job_id=job.id,
+                worker=worker,
+                host=host,
+                run_dir=run_dir,
+                gpu_indices=gpus,
+                claimed_at=now,
+            )
+            s.add(run)
+            s.commit()
+            s.refresh(run)
+        return run
+
+    def active(self, worker: str | None) -> list[tuple[Job, Run]]:
+        """A daemon's running and paused jobs with their latest runs (every daemon's with
+        `worker` None), in two queries whatever their number."""
+        with session(self.engine) as s:
+            where: list[ColumnElement[bool]] = [col(Job.state).in_([str(x) for x in ACTIVE])]
+            if worker is not None:
+                where.append(col(Job.worker) == worker)
+            jobs = s.exec(select(Job).where(*where).order_by(col(Job.id))).all()
+            if not jobs:
+                return []
+            ids = [j.id for j in jobs]
+            newest = (
+                select(func.max(Run.id)).where(col(Run.job_id).in_(ids)).group_by(col(Run.job_id))
+            )
+            runs = {r.job_id: r for r in s.exec(select(Run).where(col(Run.id).in_(newest)))}
+            return [(job, runs[job.id]) for job in jobs if job.id in runs]
+
+    def finish(
+        self,
+        job: Job,
+        run: Run,
+        target: JobState,
+        *,
+        exit_code: int | None,
+        finished_at: datetime,
+        reason: str | None = None,
+        energy_j: float | None = None,
+        energy_series: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a running or paused job and its run together; False if it had already moved.
+
+        `energy_j` (J, None = not metered) and `energy_series` are the run's and are stored on
+        it when given; the job's energy is the sum over its runs (earlier checkpointed runs'
+        energy is already on the job).
+        """
+        assert job.id is not None
+        for state in ACTIVE:
+            check_transition(job.id, state, target)
+        earlier = job.energy_j if job.pauses and job.checkpoint_signal else None
+        job_energy = None if energy_j is None else (earlier or 0.0) + energy_j
+        with session(self.engine) as s:
+            result = s.execute(
+                update(Job)
+                .where(col(Job.id) == job.id, col(Job.state).in_([str(x) for x in ACTIVE]))
+                .values(
+                    state=str(target),
+                    exit_code=exit_code,
+                    finished_at=finished_at,
+                    reason=reason,
+                    request=None,
+                    updated_at=self.clock(),
+                    segment_end=None,
+                    checkpoint_at=None,
+                    work_done_s=col(Job.work_done_s) + _worked_s(job, finished_at),
+                    segment_started_at=None,
+                    **({} if job_energy is None else {"energy_j": job_energy}),
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                s.rollback()
+                return False
+            s.execute(
+                update(Run)
+                .where(col(Run.id) == run.id)
+                .values(
+                    exit_code=exit_code,
+                    finished_at=finished_at,
+                    reason=reason,
+                    **({} if energy_j is None else {"energy_j": energy_j}),
+                    **({} if energy_series is None else {"energy_series": energy_series}),
+                )
+            )
+            s.commit()
+        return True
+
+    def expire_overdue(self, now: datetime) -> list[Job]:
+        """Expire waiting `--drop-if-late` jobs whose remaining work can no longer finish by
+        their deadline."""
+        with session(self.engine) as s:
+            candidates = list(
+                s.exec(
+                    select(Job).where(
+                        col(Job.state).in_([str(x) for x in WAITING]),
+                        col(Job.drop_if_late).is_(True),
+                    )
+                )
+            )
+        expired = []
+        for job in candidates:
+            assert job.id is not None
+            latest = job.deadline - timedelta(seconds=max(0.0, job.duration_s - job.work_done_s))
+            if now > latest and self.transition(
+                job.id,
+                WAITING,
+                S.EXPIRED,
+                finished_at=now,
+                reason=f"could not start by its latest start {hm(latest)} (--drop-if-late)",
+            ):
+                expired.append(job)
+        return expired
+
+    # -- pauses -----------------------------------------------------------------------------
+    def pause_for_plan(
+        self, job: Job, now: datetime, *, next_start: datetime, segments: list[list[str]]
+    ) -> bool:
+        """A planned pause (SIGSTOP sent): running → paused until `next_start`. Counts the pause
+        and the segment's work; the GPUs stay with the job. False if the job moved on."""
+        assert job.id is not None
+        return self._move(
+            job.id,
+            [S.RUNNING],
+            S.PAUSED,
+            [col(Job.held).is_(False), col(Job.request).is_(None)],
+            pauses=col(Job.pauses) + 1,
+            work_done_s=col(Job.work_done_s) + _worked_s(job, now),
+            planned_start=next_start,
+            segment_started_at=None,
+            segment_end=None,
+            segments=segments,
+        )
+
+    def resume_for_plan(self, job: Job, now: datetime, *, segment_end: datetime | None) -> bool:
+        """The next segment of a job in a planned pause begins: paused → running (before the
+        SIGCONT). Never resumes a job the user holds. False if the job moved on."""
+        assert job.id is not None
+        return self._move(
+            job.id,
+            [S.PAUSED],
+            S.RUNNING,
+            [col(Job.held).is_(False), col(Job.request).is_(None)],
+            segment_started_at=now,
+            segment_end=segment_end,
+        )
+
+    def user_pause(self, job: Job, now: datetime) -> bool:
+        """`ecoq hold` of a running job (SIGSTOP sent): running → paused, held, until
+        `ecoq release`; the planner never resumes it."""
+        assert job.id is not None
+        return self._move(
+            job.id,
+            [S.RUNNING],
+            S.PAUSED,
+            [],
+            held=True,
+            request=None,
+            planned_start=None,
+            work_done_s=col(Job.work_done_s) + _worked_s(job, now),
+            segment_started_at=None,
+        )
+
+    def user_resume(self, job: Job, now: datetime, *, segment_end: datetime | None) -> bool:
+        """`ecoq release` of a job the user paused: paused → running (before the SIGCONT)."""
+        assert job.id is not None
+        return self._move(
+            job.id,
+            [S.PAUSED],
+            S.RUNNING,
+            [],
+            held=False,
+            request=None,
+            segment_started_at=now,
+            segment_end=segment_end,
+        )
+
+    def mark_checkpoint(self, job: Job, now: datetime) -> bool:
+        """Record that the checkpoint signal was sent (the job should now save and exit)."""
+        assert job.id is not None
+        return self._cas_where(
+            job.id, [S.RUNNING], [col(Job.checkpoint_at).is_(None)], checkpoint_at=now
+        )
+
+    def checkpointed(
+        self,
+        job: Job,
+        run: Run,
+        *,
+        exit_code: int | None,
+        finished_at: datetime,
+        reason: str,
+        next_start: datetime | None,
+        segments: list[list[str]],
+        energy_j: float | None = None,
+        energy_series: dict[str, Any] | None = None,
+    ) -> bool:
+        """A checkpoint pause ended the run: record the run, count the pause and the work done,
+        and put the job back to wait for its next segment (`planned` at `next_start`; `pending`,
+        to be planned again, when there is none). Its GPUs are free. A hold requested meanwhile
+        becomes the `held` flag. False if the job moved on."""
+        assert job.id is not None
+        target = S.PLANNED if next_start is not None else S.PENDING
+        total = None if energy_j is None else (job.energy_j or 0.0) + energy_j
+        with session(self.engine) as s:
+            result = s.execute(
+                update(Job)
+                .where(col(Job.id) == job.id, col(Job.state) == str(S.RUNNING))
+                .values(
+                    state=str(target),
+                    pauses=col(Job.pauses) + 1,
+                    work_done_s=col(Job.work_done_s) + _worked_s(job, finished_at),
+                    planned_start=next_start,
+                    segment_started_at=None,
+                    segment_end=None,
+                    checkpoint_at=None,
+                    worker=None,
+                    request=None,
+                    held=job.held or job.request == "hold",
+                    segments=segments,
+                    updated_at=self.clock(),
+                    **({} if total is None else {"energy_j": total}),
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                s.rollback()
+                return False
+            s.execute(
+                update(Run)
+                .where(col(Run.id) == run.id)
+                .values(
+                    exit_code=exit_code,
+                    finished_at=finished_at,
+                    reason=reason,
+                    **({} if energy_j is None else {"energy_j": energy_j}),
+                    **({} if energy_series is None else {"energy_series": energy_series}),
+                )
+            )
+            s.commit()
+        return True
+
+    def set_segment_end(self, job_id: int, end: datetime | None) -> bool:
+        """Move (or clear: run to the end) the planned pause of a running job."""
+        return self._cas(job_id, [S.RUNNING], segment_end=end)
