@@ -140,6 +140,7 @@ def measure(n: int, runs: int, every: int, tmp: Path, *, limited: bool) -> dict[
         report = daemon.tick()  # the first tick plans every job
         full.append(time.perf_counter() - began)
         started, planned = len(report.started), report.planned
+        daemon.tick()  # records the started runs' pids
         began = time.perf_counter()
         daemon.tick()
         quiet.append(time.perf_counter() - began)

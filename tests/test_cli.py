@@ -795,3 +795,27 @@ def test_forecast_bad_input_exits_2(args: list[str], fragment: str) -> None:
     result = cli("forecast", *args)
     assert result.exit_code == 2
     assert fragment in result.stderr
+
+
+def test_daemon_operator_flags() -> None:
+    text = cli("daemon", "--help").stdout
+    assert "--log-format" in text and "--metrics-port" in text
+    bad = cli("daemon", "--once", "--log-format", "xml")
+    assert bad.exit_code == 2 and "xml" in bad.stderr
+    assert cli("daemon", "--once", "--metrics-port", "70000").exit_code == 2
+
+
+def test_daemon_once_logs_json_lines() -> None:
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        result = cli("daemon", "--once", "--log-format", "json")
+    finally:  # the daemon's handler points at this test's captured stderr: take it away
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("tick:")
+    for line in filter(None, result.stderr.splitlines()):
+        assert json.loads(line)["level"]

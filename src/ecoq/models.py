@@ -140,6 +140,9 @@ class Job(SQLModel, table=True):
     segment_end: datetime | None = _utc(default=None)
     #: When the daemon sent the checkpoint signal (the job is expected to exit).
     checkpoint_at: datetime | None = _utc(default=None)
+    #: The plan starts the job as early as it can (now, or as soon as there is room): the
+    #: dispatcher may start it before `planned_start` when capacity frees up.
+    plan_asap: bool = False
 
 
 class Run(SQLModel, table=True):

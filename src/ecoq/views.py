@@ -280,7 +280,7 @@ class JobView:
         }
 
 
-_FIELDS = [n for n in JobView.__dataclass_fields__ if n != "allowed_zones"]
+_FIELDS = list(JobView.__dataclass_fields__)
 _COLUMNS = ", ".join(f'"{name}"' for name in _FIELDS)
 
 

@@ -388,3 +388,12 @@ def test_unmetered_runs_keep_energy_unknown(rq: Queue, tmp_path: Path) -> None:
     job_id = submit(rq, sh("sleep 0.3"))
     tick_until(daemon, state_is(rq, job_id, S.SUCCEEDED))
     assert rq.get(job_id).energy_j is None  # unknown, never a made-up zero
+
+
+def test_finished_runs_are_accounted_by_the_tick(rq: Queue, tmp_path: Path) -> None:
+    daemon = make_daemon(rq, tmp_path)
+    job_id = submit(rq, ["/bin/true"])
+    tick_until(daemon, state_is(rq, job_id, S.SUCCEEDED))
+    daemon.tick()  # the tick after the run ended accounts it
+    run = rq.latest_run(job_id)
+    assert run is not None and run.accounting is not None

@@ -35,20 +35,34 @@ def daemon(
     until_idle: Annotated[
         bool, typer.Option("--until-idle", help="Exit when nothing is waiting or running.")
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="Log lines: text (key=value) or json (one object per line); secrets are "
+            "never logged.",
+        ),
+    ] = "text",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve Prometheus metrics on this port (e.g. 9464)."),
+    ] = None,
 ) -> None:
     """Plan, start, pause and reap this box's jobs."""
     import logging
 
     from ecoq.db import ensure_private
+    from ecoq.logs import configure_logging
     from ecoq.scheduler.daemon import Daemon, DaemonConfig, DaemonLock, run_forever
+    from ecoq.scheduler.reconcile import AccountingParams
     from ecoq.scheduler.replan import PlannerParams
 
-    logging.basicConfig(
-        level=logging.DEBUG if STATE.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     with errors():
+        configure_logging(log_format, level=logging.DEBUG if STATE.verbose else logging.INFO)
+        if metrics_port is not None and not 0 < metrics_port < 65536:
+            from ecoq.errors import ValidationError
+
+            raise ValidationError(f"--metrics-port {metrics_port} must be a TCP port, 1-65535")
         cfg = settings()
         ensure_private(cfg.data_dir)
         lock = DaemonLock(cfg.data_dir)
@@ -74,6 +88,7 @@ def daemon(
                     max_jobs=cfg.site.max_jobs,
                     stale_after_s=cfg.daemon.stale_after_s,
                     meter_interval_s=cfg.meters.interval_s,
+                    accounting=AccountingParams.from_settings(cfg.accounting),
                 ),
             )
             if once:
@@ -86,7 +101,7 @@ def daemon(
                     f"ended {report.reaped or 'none'}"
                 )
             else:
-                run_forever(runner, until_idle=until_idle)
+                run_forever(runner, until_idle=until_idle, metrics_port=metrics_port)
         finally:
             lock.release()
 

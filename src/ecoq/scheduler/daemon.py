@@ -29,10 +29,11 @@ from ecoq.models import Job, Run
 from ecoq.scheduler.daemons import DaemonRegistry
 from ecoq.scheduler.executors import Executor, LaunchSpec
 from ecoq.scheduler.executors.local import LocalExecutor
-from ecoq.scheduler.forecasts import ForecastSource
+from ecoq.scheduler.forecasts import ForecastSource, ForecastStore
 from ecoq.scheduler.metering import RunMeters, merge_segments, total_energy_j
 from ecoq.scheduler.pauses import PauseReport, Pauses, segment_end_for
 from ecoq.scheduler.queue import Queue
+from ecoq.scheduler.reconcile import AccountingParams, reconcile
 from ecoq.scheduler.replan import LocalSite, PlannerParams, replan
 from ecoq.scheduler.service import DaemonLock, run_forever
 from ecoq.states import ACTIVE, WAITING, JobState
@@ -70,6 +71,8 @@ class DaemonConfig:
     stale_after_s: float = 300.0
     #: Watts each GPU of a stopped (SIGSTOP) job still draws; the planner weighs pauses by it.
     idle_w_per_gpu: float = 50.0
+    #: How finished runs are accounted (PUE, embodied figures, finalize after); None: defaults.
+    accounting: AccountingParams | None = None
 
     def site(self) -> LocalSite:
         """This box as the planner sees it."""
@@ -167,7 +170,25 @@ class Daemon:
             if not self.stopping:
                 self._dispatch(now, report)
             self._refresh_history(now)
+            self._account(now)
             return report
+
+    def _account(self, now: datetime) -> None:
+        """Account runs that ended and reconcile provisional ones with realized values."""
+        params = self.config.accounting or AccountingParams()
+        store = self.source.store or ForecastStore(self.queue.engine)
+        try:
+            reconcile(
+                self.queue.engine,
+                store,
+                self.source,
+                now,
+                params.finalize_after,
+                params=params,
+                worker=self.config.worker,
+            )
+        except Exception:  # accounting must never stop the scheduling
+            log.exception("accounting failed; the next tick retries")
 
     def _site(self, now: datetime) -> LocalSite:
         """This box for the planner, with the number of live daemons sharing the database."""
@@ -188,6 +209,10 @@ class Daemon:
         for job, run in self.queue.active(self.config.worker):
             assert job.id is not None and run.id is not None
             status = self.executor.status(Path(run.run_dir))
+            if status.state in ("exited", "vanished") and run.started_at is None:
+                # A job that ended between two ticks was never seen running: record its start.
+                self.queue.update_run(run.id, pid=status.pid, started_at=status.started_at)
+                run.started_at = status.started_at
             if status.state == "exited":
                 energy = self._final_energy(run)
                 if (

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, func, or_, update
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, update
 from sqlmodel import col, select
 
 from ecoq.db import session
@@ -126,13 +126,20 @@ class DaemonSide(QueueCore):
     """What a daemon does to the jobs it owns."""
 
     def due(self, now: datetime, limit: int = 100, *, site: str | None = None) -> list[Job]:
-        """Planned, unheld jobs whose start has come, earliest first; with `site`, only jobs
+        """Planned, unheld jobs whose start has come, earliest first, then those planned to
+        start as early as they can that only wait for room (`plan_asap`); with `site`, only jobs
         planned for that site or for no site in particular."""
         with session(self.engine) as s:
             where: list[ColumnElement[bool]] = [
                 col(Job.state) == str(S.PLANNED),
                 col(Job.held).is_(False),
-                col(Job.planned_start) <= now,
+                or_(
+                    col(Job.planned_start) <= now,
+                    and_(
+                        col(Job.plan_asap).is_(True),
+                        or_(col(Job.not_before).is_(None), col(Job.not_before) <= now),
+                    ),
+                ),
             ]
             if site is not None:
                 where.append(or_(col(Job.site).is_(None), col(Job.site) == site))
@@ -425,6 +432,7 @@ class DaemonSide(QueueCore):
                     request=None,
                     held=job.held or job.request == "hold",
                     segments=segments,
+                    plan_asap=False,
                     updated_at=self.clock(),
                     **({} if total is None else {"energy_j": total}),
                 )

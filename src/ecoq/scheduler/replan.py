@@ -113,6 +113,7 @@ PLAN_KEYS = (
     "plan_runner_up_zone",
     "plan_saving",
     "plan_min_saving",
+    "plan_asap",
 )
 
 
@@ -258,6 +259,7 @@ def plan_batch(
         for job, request, p in zip(jobs, requests, placed, strict=True):
             threshold = params.min_saving if request.min_saving is None else request.min_saving
             fields = _fields(job, p, forecast, now, note, threshold)
+            fields["plan_asap"] = _asap(request, p)
             out.append((job, fields))
             taken.extend(_held_by(job, p, site.name))
     return out
@@ -318,6 +320,14 @@ def _with_runner_ups(
             runner_up_g_per_kwh=alt.mean_g_per_kwh,
         )
     return out
+
+
+def _asap(request: JobRequest, p: Placement) -> bool:
+    """Whether the plan starts the job as early as it can: at its earliest start, or later only
+    because there was no room earlier (then the dispatcher may start it once there is)."""
+    if (p.warning or "").startswith("no capacity now"):
+        return True
+    return len(p.segments) == 1 and p.start - request.earliest_start < timedelta(seconds=1)
 
 
 def _no_forecast(request: JobRequest, params: PlannerParams) -> JobRequest:
@@ -392,6 +402,7 @@ def _unplanned(job: Job, now: datetime, reason: str, zone: str) -> dict[str, Any
         segments=segs.dump([(start, start + remaining(job))]),
         plan_zone=zone,
         plan_saving=0.0,
+        plan_asap=True,
     )
     return fields
 

@@ -55,12 +55,15 @@ class DaemonLock:
             self._fh = None
 
 
-def run_forever(daemon: "Daemon", *, until_idle: bool = False) -> None:
+def run_forever(
+    daemon: "Daemon", *, until_idle: bool = False, metrics_port: int | None = None
+) -> None:
     """Run the daemon under APScheduler until stopped.
 
     SIGTERM or SIGINT once: stop claiming, let running jobs finish, then return. Twice:
     terminate the running jobs, mark them failed with the reason, and return. With `until_idle`
-    it also returns once nothing is waiting or running.
+    it also returns once nothing is waiting or running. With `metrics_port`, Prometheus metrics
+    are served on that port (`ecoq.scheduler.metrics`) and refreshed after each tick.
     """
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -81,9 +84,17 @@ def run_forever(daemon: "Daemon", *, until_idle: bool = False) -> None:
         )
         done.set()
 
+    metrics = None
+    if metrics_port is not None:
+        from ecoq.scheduler.metrics import start_metrics
+
+        metrics = start_metrics(metrics_port, daemon.queue.engine, now=daemon.clock())
+
     def guarded_tick() -> None:
         try:
             report = daemon.tick()
+            if metrics is not None:
+                metrics.update(daemon.clock())
         except Exception:  # keep the daemon alive; the next tick retries
             log.exception("tick failed")
             return
@@ -140,6 +151,8 @@ def run_forever(daemon: "Daemon", *, until_idle: bool = False) -> None:
         if scheduler.running:
             scheduler.shutdown(wait=True)
         daemon.close()
+        if metrics is not None:
+            metrics.close()
         for s, handler in old.items():
             signal.signal(s, handler)
 

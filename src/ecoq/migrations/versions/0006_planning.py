@@ -37,6 +37,7 @@ def _job_columns() -> list[sa.Column[object]]:
         sa.Column("segment_started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("segment_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("checkpoint_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("plan_asap", sa.Boolean(), nullable=False, server_default=sa.false()),
     ]
 
 
