@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="ecoq-tick-"))
     try:
         cases = {
@@ -186,8 +187,9 @@ def main() -> None:
     )
     first = next(iter(cases.values()))
     body = f"""Command: `.venv/bin/python benchmarks/tick_speed.py --runs {args.runs}`; Python
-{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; median of {args.runs}
-runs, each on a fresh copy of the database.
+{platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs (load average
+{load_before:.1f} before, {os.getloadavg()[0]:.1f} after: other work shared the machine); median
+of {args.runs} runs, each on a fresh copy of the database.
 
 Workload: a SQLite file holding {args.jobs:,} pending jobs (5 min – 12 h long, 0–48 h slack, a
 third with 1 GPU), one box with 8 GPUs and 16 job slots (so most jobs cannot fit before their
