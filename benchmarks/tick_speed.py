@@ -6,8 +6,9 @@ reap, requests, expiry, one `plan_jobs` call over every waiting job (forecast fe
 at 5-minute steps, the typical profile beyond), writing 10,000 plans, and dispatch on a box with
 8 GPUs and 16 job slots. The executor is a stub that launches nothing, so the tick's own cost is
 measured, not process start-up. Also times the phases of the re-plan, a forced re-plan of the
-10,000 planned jobs, and a quiet tick (nothing new to plan). Writes the "Daemon tick with 10,000
-jobs" section of benchmarks/RESULTS.md.
+planned jobs, and the next tick (nothing new to plan); cases without a capacity limit and with
+contiguous jobs only are timed too. Writes the "Daemon tick with 10,000 jobs" section of
+benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/tick_speed.py [--jobs 10000] [--runs 3]
 """
@@ -192,14 +193,15 @@ def main() -> None:
 of {args.runs} runs, each on a fresh copy of the database.
 
 Workload: a SQLite file holding {args.jobs:,} pending jobs (5 min – 12 h long, 0–48 h slack, a
-third with 1 GPU), one box with 8 GPUs and 16 job slots (so most jobs cannot fit before their
-deadline: the capacity search's worst case), a 72 h forecast at 5-minute steps (the typical
-profile beyond), and a stub executor that starts no processes. The first tick plans all
-{first["planned"]:,} jobs in one `plan_jobs` call, writes the plans and starts {first["started"]};
-a forced re-plan (forecast refresh) plans the {args.jobs - first["started"]:,} waiting ones again;
-a quiet tick has nothing new to plan and nothing due.
+third with 1 GPU), one box (no capacity limit, or 8 GPUs and 16 job slots, so that most jobs
+cannot fit before their deadline: the capacity search's worst case), a 72 h forecast at 5-minute
+steps (the typical profile beyond), and a stub executor that starts no processes. The first tick
+plans all {first["planned"]:,} jobs in one `plan_jobs` call, writes the plans and starts the due
+ones (at most 100 are looked at per tick, or as many as there are free slots); a forced re-plan
+(forecast refresh) plans the waiting ones again; the next tick has nothing new to plan (without
+a capacity limit it starts up to 100 more due jobs, a claim transaction each).
 
-| jobs | first tick | forced re-plan tick | quiet tick | load | `plan_batch` | write |
+| case | first tick | forced re-plan tick | next tick | load | `plan_batch` | write |
 |---|---|---|---|---|---|---|
 {rows}
 

@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from ecoq.db import open_engine
+from ecoq.errors import ForecastUnavailable
 from ecoq.forecasting import Forecast, IntensityPoint
 from ecoq.models import Job
 from ecoq.scheduler import segments as segs
@@ -20,6 +22,7 @@ from ecoq.scheduler.daemon import Daemon, DaemonConfig
 from ecoq.scheduler.executors.local import LocalExecutor
 from ecoq.scheduler.forecasts import ForecastSource
 from ecoq.scheduler.queue import Queue
+from ecoq.scheduler.replan import PlannerParams
 from ecoq.states import JobState
 from tests.conftest import FakeClock, make_spec
 
@@ -408,3 +411,60 @@ def test_user_hold_and_release_of_a_running_interruptible_job(
     job = fq.get(job_id)
     assert job.state == S.RUNNING and not job.held and not stopped(daemon, fq, job_id)
     assert job.segment_end is None  # released after its segment's end: runs to the end
+
+
+def test_jobs_a_box_can_never_run_do_not_crowd_out_those_it_can(fq: Queue) -> None:
+    gpu_jobs = [submit(fq, ["/bin/true"], gpus=1) for _ in range(3)]
+    cpu_job = submit(fq, ["/bin/true"])
+    for job_id in [*gpu_jobs, cpu_job]:
+        assert fq.set_plan(job_id, planned_start=T0)
+    assert [j.id for j in fq.due(T0, limit=2)] == gpu_jobs[:2]
+    assert [j.id for j in fq.due(T0, limit=2, max_gpus=0)] == [cpu_job]
+
+
+def test_a_job_pushed_only_for_room_may_start_once_there_is_room(
+    fq: Queue, clock: FakeClock, tmp_path: Path
+) -> None:
+    daemon = daemon_for(fq, tmp_path, HourlyProvider([100.0]), max_jobs=1)
+    gate = tmp_path / "gate"
+    wait = ["/bin/sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done"]
+    first, second = (submit(fq, wait, deadline_h=6, duration_h=1) for _ in range(2))
+    assert daemon.tick().started == [first]
+    job = fq.get(second)
+    assert job.planned_start == T0 + timedelta(hours=1) and job.plan_asap
+    assert "no capacity now" in (job.plan_reason or "")
+    gate.touch()  # the first ends long before its hour is up: the second starts at once
+    wait_until(daemon, lambda: fq.get(second).state != S.PLANNED)
+    assert fq.get(second).started_at == T0
+
+
+class DownProvider:
+    """Every call fails, and nothing is cached: the chain has no forecast at all."""
+
+    name = "down"
+
+    def forecast(self, zone: str, start: datetime, end: datetime) -> Forecast:
+        raise ForecastUnavailable(f"down: no forecast for {zone}")
+
+
+@pytest.mark.parametrize("policy", ["now", "latest"])
+def test_no_forecast_starts_per_fail_policy(
+    fq: Queue, tmp_path: Path, policy: Literal["now", "latest"]
+) -> None:
+    cfg = DaemonConfig(
+        data_dir=tmp_path / "data",
+        worker="box1",
+        box_gpus=0,
+        planner=PlannerParams(fail_policy=policy),
+    )
+    daemon = Daemon(fq, ForecastSource(DownProvider()), cfg)
+    _DAEMONS.append(daemon)
+    job_id = submit(fq, ["/bin/true"], deadline_h=6, duration_h=1)
+    daemon.tick()
+    job = fq.get(job_id)
+    assert job.plan_reason == f"no forecast for DE: start per fail_policy={policy}"
+    assert job.plan_label == "no forecast" and job.plan_g_per_kwh is None
+    if policy == "now":
+        assert job.state != S.PENDING and job.started_at == T0
+    else:
+        assert job.planned_start == T0 + timedelta(hours=5)  # its latest start: never late

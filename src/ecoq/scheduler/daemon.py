@@ -335,7 +335,7 @@ class Daemon:
         used = {i for _, run in active for i in run.gpu_indices}
         free = [i for i in range(self.config.box_gpus) if i not in used]
         slots = self.config.max_jobs - len(active) if self.config.max_jobs else None
-        for job in self.queue.due(now, site=self.config.worker):
+        for job in self.queue.due(now, site=self.config.worker, max_gpus=self.config.box_gpus):
             if slots is not None and slots <= 0:
                 break
             if job.gpus > len(free):

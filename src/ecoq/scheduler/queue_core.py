@@ -125,10 +125,18 @@ class QueueCore:
 class DaemonSide(QueueCore):
     """What a daemon does to the jobs it owns."""
 
-    def due(self, now: datetime, limit: int = 100, *, site: str | None = None) -> list[Job]:
+    def due(
+        self,
+        now: datetime,
+        limit: int = 100,
+        *,
+        site: str | None = None,
+        max_gpus: int | None = None,
+    ) -> list[Job]:
         """Planned, unheld jobs whose start has come, earliest first, then those planned to
         start as early as they can that only wait for room (`plan_asap`); with `site`, only jobs
-        planned for that site or for no site in particular."""
+        planned for that site or for no site in particular; with `max_gpus`, only jobs that need
+        no more GPUs than that (so jobs a box can never run do not crowd out those it can)."""
         with session(self.engine) as s:
             where: list[ColumnElement[bool]] = [
                 col(Job.state) == str(S.PLANNED),
@@ -143,6 +151,8 @@ class DaemonSide(QueueCore):
             ]
             if site is not None:
                 where.append(or_(col(Job.site).is_(None), col(Job.site) == site))
+            if max_gpus is not None:
+                where.append(col(Job.gpus) <= max_gpus)
             rows = s.exec(
                 select(Job).where(*where).order_by(col(Job.planned_start), col(Job.id)).limit(limit)
             )
