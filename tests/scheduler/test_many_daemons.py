@@ -69,13 +69,13 @@ def test_three_daemons_500_jobs_one_killed(pg_url: str, tmp_path: Path) -> None:
     ]
     daemons = {name: _daemon(pg_url, tmp_path, name) for name in ("a", "b", "c")}
     try:
-        _wait(lambda: len(queue.active("c")) > 0 and len(list(marks.iterdir())) > 100, 120)
+        _wait(lambda: len(queue.active("c")) > 0 and len(list(marks.iterdir())) > 100, 300)
         daemons["c"].kill()  # mid-run, with jobs of its own running
         daemons["c"].wait(10)
         lost = {job.id for job, _ in queue.active("c")}
         assert lost
         try:
-            _wait(lambda: all(queue.get(i or 0).state in TERMINAL for i in ids), 120)
+            _wait(lambda: all(queue.get(i or 0).state in TERMINAL for i in ids), 400)
         except AssertionError:
             stuck = [(i, queue.get(i or 0)) for i in ids if queue.get(i or 0).state not in TERMINAL]
             raise AssertionError(
