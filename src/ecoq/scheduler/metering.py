@@ -35,7 +35,6 @@ class RunMeters:
         self._detect = detect
         self._samplers: dict[int, Sampler] = {}
         self._saved_at: dict[int, float] = {}
-        self._logged: set[str] = set()
 
     def watching(self, run_id: int) -> bool:
         return run_id in self._samplers
@@ -53,10 +52,7 @@ class RunMeters:
         except MeterUnavailable as exc:
             log.warning("run %s is not metered: %s", run_id, exc)
             return
-        for reason in found.skipped:
-            if reason not in self._logged:
-                self._logged.add(reason)
-                log.info("meter skipped: %s", reason)
+        # `detect_meters` already logs each skipped meter once per process.
         if not found.meters:
             return
         try:
