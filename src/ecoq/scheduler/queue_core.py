@@ -29,6 +29,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _close_run(
+    run: Run,
+    exit_code: int | None,
+    finished_at: datetime,
+    reason: str | None,
+    energy_j: float | None,
+    energy_series: dict[str, Any] | None,
+) -> Any:
+    """The UPDATE that records how a run ended (energy only when metered)."""
+    return (
+        update(Run)
+        .where(col(Run.id) == run.id)
+        .values(
+            exit_code=exit_code,
+            finished_at=finished_at,
+            reason=reason,
+            **({} if energy_j is None else {"energy_j": energy_j}),
+            **({} if energy_series is None else {"energy_series": energy_series}),
+        )
+    )
+
+
 def _worked_s(job: Job, until: datetime) -> float:
     """Seconds of work in the job's running segment up to `until` (0 when none runs)."""
     if job.segment_started_at is None:
@@ -296,17 +318,7 @@ class DaemonSide(QueueCore):
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 s.rollback()
                 return False
-            s.execute(
-                update(Run)
-                .where(col(Run.id) == run.id)
-                .values(
-                    exit_code=exit_code,
-                    finished_at=finished_at,
-                    reason=reason,
-                    **({} if energy_j is None else {"energy_j": energy_j}),
-                    **({} if energy_series is None else {"energy_series": energy_series}),
-                )
-            )
+            s.execute(_close_run(run, exit_code, finished_at, reason, energy_j, energy_series))
             s.commit()
         return True
 
@@ -450,17 +462,7 @@ class DaemonSide(QueueCore):
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 s.rollback()
                 return False
-            s.execute(
-                update(Run)
-                .where(col(Run.id) == run.id)
-                .values(
-                    exit_code=exit_code,
-                    finished_at=finished_at,
-                    reason=reason,
-                    **({} if energy_j is None else {"energy_j": energy_j}),
-                    **({} if energy_series is None else {"energy_series": energy_series}),
-                )
-            )
+            s.execute(_close_run(run, exit_code, finished_at, reason, energy_j, energy_series))
             s.commit()
         return True
 
