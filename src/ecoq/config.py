@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, cast, get_args, get_origin
 
 from ecoq.errors import ConfigError
+from ecoq.site_config import SiteConfig, parse_sites
 
 #: Credential variables: read from the environment (or a secrets file) only, and stripped from the
 #: environment of every job ecoq starts.
@@ -63,6 +64,8 @@ class SiteSettings:
     zone: str = ""  #: default zone for jobs; "" = none, jobs must pass --zone
     gpus: int = -1  #: -1 = detect with NVML (0 when NVML is missing); >= 0 = this many
     max_jobs: int = 0  #: most jobs running at once on this site; 0 = no limit beyond GPUs
+    pue: float = 1.0  #: this site's PUE (>= 1) for planning across sites
+    idle_w_per_gpu: float = 50.0  #: watts a stopped (SIGSTOP) job's GPU still draws
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,18 @@ class AccountingSettings:
     embodied_g_per_host_hour: float = 0.0  #: SCI's M, the host's share per run, g/hour; 0 = unset
 
 
+@dataclass(frozen=True)
+class SharedSettings:
+    """``[shared]``: a shared box, where a root daemon serves every user (docs/shared-box.md)."""
+
+    #: the daemon's Unix socket; "" = personal mode (no socket). Set: `ecoq daemon` (as root)
+    #: listens there, and users' ecoq commands go through it
+    socket: str = ""
+    #: who may see and change every user's jobs: user names, uids and @groups, comma-separated
+    admins: str = ""
+    allow_root_jobs: bool = False  #: whether jobs submitted by root may run (as root)
+
+
 #: Section name -> its dataclass; the fields of each are the section's keys, in documented order.
 SECTIONS: Mapping[str, type[Any]] = {
     "database": DatabaseSettings,
@@ -146,6 +161,7 @@ SECTIONS: Mapping[str, type[Any]] = {
     "daemon": DaemonSettings,
     "meters": MetersSettings,
     "accounting": AccountingSettings,
+    "shared": SharedSettings,
 }
 
 
@@ -161,6 +177,9 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     meters: MetersSettings = field(default_factory=MetersSettings)
     accounting: AccountingSettings = field(default_factory=AccountingSettings)
+    shared: SharedSettings = field(default_factory=SharedSettings)
+    #: the ``[[sites]]`` of the config file (`ecoq.site_config`); empty: this box alone
+    sites: tuple[SiteConfig, ...] = ()
     #: "section.key" -> "default" | "file <path>:<line>" | "env ECOQ_X" | "cli <flag or key>"
     sources: Mapping[str, str] = field(default_factory=dict, hash=False)
     config_file: Path | None = None  #: the TOML file read, if any
@@ -250,6 +269,8 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "daemon.kill_grace_s": (lambda v: v >= 0, "a number of seconds >= 0"),
     "daemon.stale_after_s": (lambda v: v > 0, "a number of seconds > 0"),
     "site.max_jobs": (lambda v: v >= 0, "an integer >= 0 (0 = no limit beyond the GPUs)"),
+    "site.pue": (lambda v: v >= 1, "a number >= 1 (1.0 = no facility overhead)"),
+    "site.idle_w_per_gpu": (lambda v: v >= 0, "a number of watts >= 0"),
     "meters.interval_s": (lambda v: v > 0, "a number of seconds > 0"),
     "meters.cpu_watts": (lambda v: v >= 0, "a number of watts >= 0 (0 = from the TDP table)"),
     "meters.ram_w_per_gb": (lambda v: v >= 0, "a number of W per GB >= 0 (0 = no RAM estimate)"),
@@ -396,8 +417,9 @@ def _find_file(config_file: Path | None, env: Mapping[str, str]) -> tuple[Path |
     return path, given_by
 
 
-def _file_values(path: Path, given_by: str, errors: list[str]) -> _Layer:
-    """Read the TOML file at `path`. Raises ConfigError when it is unreadable or malformed."""
+def _file_values(path: Path, given_by: str, errors: list[str], sites: list[SiteConfig]) -> _Layer:
+    """Read the TOML file at `path`; its ``[[sites]]`` go to `sites`. Raises ConfigError when
+    it is unreadable or malformed."""
     schema = _schema()
     import tomllib  # only when a file is actually read
 
@@ -425,6 +447,9 @@ def _file_values(path: Path, given_by: str, errors: list[str]) -> _Layer:
         return _Origin(f"file {at}", at, fix, coerce=False)
 
     for section, table in data.items():
+        if section == "sites":
+            sites.extend(parse_sites(table, str(path), text, errors))
+            continue
         if section not in SECTIONS or not isinstance(table, dict):
             o = origin(section)
             homes = [f"[{k.section}] {k.name}" for k in schema.values() if k.name == section]
@@ -576,9 +601,10 @@ def load_settings(
     env = os.environ if env is None else env
     schema = _schema()
     errors: list[str] = []
+    sites: list[SiteConfig] = []
     path, given_by = _find_file(config_file, env)
     layers = [
-        _file_values(path, given_by, errors) if path else {},
+        _file_values(path, given_by, errors, sites) if path else {},
         _env_values(env, errors),
         _cli_values(overrides or {}, override_flags or {}, errors),
     ]
@@ -620,7 +646,13 @@ def load_settings(
         values[dotted] = _expand_home(str(values[dotted]), env)
     sections = {name: _build(name, cls, values) for name, cls in SECTIONS.items()}
     fallback = default_data_dir(env)
-    return Settings(**sections, sources=sources, config_file=path, fallback_data_dir=fallback)
+    return Settings(
+        **sections,
+        sites=tuple(sites),
+        sources=sources,
+        config_file=path,
+        fallback_data_dir=fallback,
+    )
 
 
 def _build(section: str, cls: type[Any], values: Mapping[str, object]) -> Any:

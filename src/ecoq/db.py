@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from ecoq.errors import DatabaseError
+from ecoq.faults import armed, fault
 from ecoq.migrations import HEAD
 from ecoq.views import sqlite_path
 
@@ -37,12 +38,14 @@ def make_engine(url: str) -> Engine:
         ) from exc
     if parsed.get_backend_name() != "sqlite":
         try:
-            return create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True)
         except (ImportError, SQLAlchemyError) as exc:
             raise DatabaseError(
                 f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}; "
                 "for PostgreSQL install `ecoq[postgres]`"
             ) from exc
+        _arm_faults(engine)
+        return engine
     path = sqlite_path(url)
     if path is not None:
         try:
@@ -59,7 +62,16 @@ def make_engine(url: str) -> Engine:
     )
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_begin_immediate)
+    _arm_faults(engine)
     return engine
+
+
+def _arm_faults(engine: Engine) -> None:
+    """Crash points between and inside transactions, only when a test asks (`ecoq.faults`)."""
+    if armed("db-begin"):
+        event.listen(engine, "begin", lambda _conn: fault("db-begin"), insert=True)
+    if armed("db-commit"):
+        event.listen(engine, "commit", lambda _conn: fault("db-commit"))
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -113,6 +125,8 @@ def migrate(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     try:
         with engine.begin() as conn:
+            if armed("migrate-statement"):
+                event.listen(conn, "after_cursor_execute", lambda *_: fault("migrate-statement"))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:

@@ -143,6 +143,9 @@ class Job(SQLModel, table=True):
     #: The plan starts the job as early as it can (now, or as soon as there is room): the
     #: dispatcher may start it before `planned_start` when capacity frees up.
     plan_asap: bool = False
+    #: A job planned at a Slurm site: the run directory of its held submission in Slurm's queue
+    #: (`ecoq.scheduler.slurmdriver`); None: not submitted to Slurm.
+    slurm_run_dir: str | None = None
 
 
 class Run(SQLModel, table=True):

@@ -100,8 +100,8 @@ def _write(tmp_path: Path, text: str) -> Path:
         ('[zones.DE]\naws = "eu-central-1"\n', "zones.DE.aws must be a list"),
         ("[zones.DE]\nname = 3\n", "zones.DE.name must be a string"),
         ("[zones.DE\n", "cannot be read"),
-        ("zones = 1\n", r"only \[zones.<CODE>\] tables"),
-        ("[regions.DE]\n", r"only \[zones.<CODE>\] tables"),
+        ("zones = 1\n", r"only \[zones.<CODE>\] and \[groups"),
+        ("[regions.DE]\n", r"only \[zones.<CODE>\] and \[groups"),
     ],
 )
 def test_bad_files_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -130,3 +130,32 @@ def test_forecasting_modules_import_only_the_stdlib() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_zone_groups_resolve_by_key_or_alias_in_any_case() -> None:
+    europe = regions.resolve_group("EU")
+    assert europe is not None and europe.key == "europe"
+    assert regions.resolve_group("Europe") == europe
+    assert {"DE", "FR", "GB", "SE-SE1"} <= set(europe.zones)
+    assert "US-CAL-CISO" not in europe.zones
+    assert regions.resolve_group("atlantis") is None
+    known = {r.zone for r in load_regions()}
+    for group in regions.list_groups():
+        assert group.zones and set(group.zones) <= known
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[zones.DE]\n[groups.eu]\nzones = ["XX"]\n', r"unknown: \['XX'\]"),
+        ("[zones.DE]\n[groups.eu]\nzones = []\n", "must list known zones"),
+        ('[zones.DE]\n[groups.eu]\nzones = ["DE"]\ncolour = 1\n', "must be a table with"),
+        (
+            '[zones.DE]\n[groups.eu]\nzones = ["DE"]\n[groups.b]\naliases = ["EU"]\nzones = ["DE"]\n',
+            "used twice",
+        ),
+    ],
+)
+def test_bad_groups_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        regions.load_groups(_write(tmp_path, text))

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ecoq.forecasting import ForecastProvider
     from ecoq.scheduler.forecasts import ForecastSource
     from ecoq.scheduler.queue import Queue
+    from ecoq.scheduler.sites import Site
+    from ecoq.scheduler.slurmdriver import SlurmDriver
     from ecoq.views import JobView, Reader
 
 app = typer.Typer(
@@ -201,6 +203,47 @@ def box_gpus() -> int:
     from ecoq.meters.nvml import gpu_count
 
     return gpu_count() or 0
+
+
+def planner_sites() -> "tuple[Site, ...]":
+    """The `[[sites]]` as the planner sees them (zones resolved as `--zone` is; this box's GPUs
+    detected when its entry gives none); empty without `[[sites]]`.
+
+    Raises:
+        UnknownZone: a site's zone is unknown to the configured providers.
+    """
+    from ecoq.scheduler.sites import Site
+
+    cfg = settings()
+    return tuple(
+        Site(
+            name=entry.name,
+            zone=canonical_zone(entry.zone),
+            gpus=box_gpus() if entry.gpus is None and entry.name == cfg.site_name else entry.gpus,
+            slots=entry.slots,
+            pue=entry.pue,
+            idle_w_per_gpu=entry.idle_w_per_gpu,
+            kind=entry.kind,
+        )
+        for entry in cfg.sites
+    )
+
+
+def slurm_driver(queue: "Queue") -> "SlurmDriver | None":
+    """The driver of the `[[sites]]` of kind slurm (None when there are none).
+
+    Raises:
+        ConfigError: a Slurm site's keys are wrong.
+    """
+    cfg = settings()
+    entries = [e for e in cfg.sites if e.kind == "slurm"]
+    if not entries:
+        return None
+    from ecoq.scheduler.executors.slurm import SlurmExecutor, SlurmSite
+    from ecoq.scheduler.slurmdriver import SlurmDriver
+
+    executors = {e.name: SlurmExecutor(SlurmSite.from_table(e.name, e.slurm)) for e in entries}
+    return SlurmDriver(queue, executors, data_dir=cfg.data_dir, worker=cfg.site_name)
 
 
 def utcnow() -> "datetime":

@@ -20,6 +20,7 @@ from ecoq.cli.app import (
     load_job,
     open_queue,
     open_reader,
+    planner_sites,
     print_json,
     settings,
     utcnow,
@@ -63,6 +64,14 @@ def submit(
         typer.Option(
             help="Grid zone, e.g. DE (default site.zone). Repeat for more allowed zones; the "
             "first is the home zone."
+        ),
+    ] = None,
+    region: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A zone group whose zones are all allowed (europe/eu, usa/us, north-america, "
+            "americas, asia-pacific, asia, oceania, africa); with [[sites]], the planner picks "
+            "the site. Repeatable; after any --zone."
         ),
     ] = None,
     gpus: Annotated[int, typer.Option(help="GPUs the job needs.")] = 0,
@@ -110,13 +119,7 @@ def submit(
         argv = resolved.argv + list(args or [])
         deadline_at = parse_when(deadline, now, flag="--deadline")
         not_before_at = parse_when(not_before, now, flag="--not-before") if not_before else None
-        zones = list(zone or []) or ([cfg.site.zone] if cfg.site.zone else [])
-        if not zones:
-            raise ValidationError(
-                "no zone given; pass --zone (e.g. --zone DE; `ecoq zones` lists them) "
-                "or set site.zone in the config"
-            )
-        zones = list(dict.fromkeys(canonical_zone(z) for z in zones))
+        zones = _allowed_zones(list(zone or []), list(region or []))
         if duration is not None:
             span, span_source = parse_duration(duration), "user"
         else:
@@ -152,7 +155,7 @@ def submit(
             if learned is not None:  # runs under a second learn 1 s, never 0
                 spec = _with_duration(spec, timedelta(seconds=max(1, learned)), "learned")
         try:
-            validate_spec(spec, now, box_gpus=box_gpus())
+            validate_spec(spec, now, box_gpus=_most_gpus())
         except ValidationError as exc:
             if spec.duration_source == "user" or "--duration" not in str(exc):
                 raise
@@ -176,6 +179,50 @@ def submit(
         from ecoq.render import submit_line
 
         typer.echo(submit_line(view, now))
+
+
+def _allowed_zones(zones: list[str], regions: list[str]) -> list[str]:
+    """`--zone` values (resolved), then the zones of each `--region` group (else `site.zone`),
+    without repeats; the first is the home zone. With `[[sites]]`, a group adds only the zones
+    some site serves. Raises ValidationError, UnknownZone."""
+    from ecoq.errors import ValidationError
+    from ecoq.forecasting.regions import list_groups, resolve_group
+
+    cfg = settings()
+    allowed = [canonical_zone(z) for z in zones]
+    served = {s.zone for s in planner_sites()} if cfg.sites else None
+    for name in regions:
+        group = resolve_group(name)
+        if group is None:
+            known = ", ".join(g.key for g in list_groups())
+            raise ValidationError(f"--region {name!r} is not a zone group; use one of {known}")
+        if not allowed and cfg.site.zone in group.zones:
+            allowed.append(cfg.site.zone)  # this box's zone stays the home zone
+        found = [z for z in group.zones if served is None or z in served]
+        if not found:
+            raise ValidationError(
+                f"--region {name!r}: no site serves any of its zones; add a [[sites]] entry "
+                "there or pass --zone"
+            )
+        allowed += found
+    if not allowed and cfg.site.zone:
+        allowed = [canonical_zone(cfg.site.zone)]
+    if not allowed:
+        raise ValidationError(
+            "no zone given; pass --zone (e.g. --zone DE; `ecoq zones` lists them), --region, "
+            "or set site.zone in the config"
+        )
+    return list(dict.fromkeys(allowed))
+
+
+def _most_gpus() -> int:
+    """The most GPUs one job may ask for: this box's, or with `[[sites]]` the largest site's
+    (a site without a GPU count has no limit)."""
+    sites = planner_sites()
+    if not sites:
+        return box_gpus()
+    counts = [s.gpus for s in sites]
+    return 1 << 20 if any(c is None for c in counts) else max(c or 0 for c in counts)
 
 
 def _resume_argv(command: str, cwd: Path) -> list[str]:
@@ -202,15 +249,27 @@ def _preview_plan(queue: "Queue", spec: "JobSpec", now: "datetime") -> "dict[str
     """The plan the daemon would make for the new job now (the same `plan_jobs`, with the
     capacity that running and planned jobs hold). Raises UnknownZone."""
     from ecoq.scheduler.replan import LocalSite, PlannerParams, plan_batch, split
+    from ecoq.scheduler.sites import SiteMap
 
     cfg = settings()
-    site = LocalSite(
-        name=cfg.site_name,
-        zone=cfg.site.zone or None,
-        gpus=box_gpus(),
-        max_jobs=cfg.site.max_jobs,
-        daemons=max(1, queue.live_daemons(now - timedelta(seconds=cfg.daemon.stale_after_s))),
-    )
+    since = now - timedelta(seconds=cfg.daemon.stale_after_s)
+    sites = planner_sites()
+    site: LocalSite | SiteMap
+    if sites:
+        live = queue.live_daemon_names(since)
+        down = {s.name for s in sites if s.kind != "slurm" and s.name not in live}
+        if len(down) == sum(s.kind != "slurm" for s in sites):
+            down = set()  # no daemon runs yet: the first to start re-plans every job
+        site = SiteMap(cfg.site_name, sites, frozenset(down))
+    else:
+        site = LocalSite(
+            name=cfg.site_name,
+            zone=cfg.site.zone or None,
+            gpus=box_gpus(),
+            max_jobs=cfg.site.max_jobs,
+            idle_w_per_gpu=cfg.site.idle_w_per_gpu,
+            daemons=max(1, queue.live_daemons(since)),
+        )
     params = PlannerParams(
         min_saving=cfg.planner.min_saving,
         rule=cfg.planner.averaging,

@@ -1,6 +1,6 @@
 """Operator commands: daemon, forecast, zones, config."""
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,10 +16,15 @@ from ecoq.cli.app import (
     forecast_provider,
     forecast_source,
     open_queue,
+    planner_sites,
     print_json,
     settings,
+    slurm_driver,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from ecoq.scheduler.sites import Site
 
 DAEMON_EPILOG = examples(
     "ecoq daemon                 run until SIGTERM (systemd: config/ecoq.service)",
@@ -65,16 +70,19 @@ def daemon(
             raise ValidationError(f"--metrics-port {metrics_port} must be a TCP port, 1-65535")
         cfg = settings()
         ensure_private(cfg.data_dir)
+        sites = planner_sites()
+        own = next((s for s in sites if s.name == cfg.site_name), None)
         lock = DaemonLock(cfg.data_dir)
         lock.acquire()
         try:
+            queue = open_queue()
             runner = Daemon(
-                open_queue(),
+                queue,
                 forecast_source(),
                 DaemonConfig(
                     data_dir=cfg.data_dir,
                     worker=cfg.site_name,
-                    box_gpus=box_gpus(),
+                    box_gpus=_own_gpus(own) if sites else box_gpus(),
                     planner=PlannerParams(
                         min_saving=cfg.planner.min_saving,
                         rule=cfg.planner.averaging,
@@ -84,12 +92,15 @@ def daemon(
                     refresh_interval_s=cfg.forecast.refresh_interval_s,
                     kill_grace_s=cfg.daemon.kill_grace_s,
                     meters=cfg.meters,
-                    zone=cfg.site.zone or None,
-                    max_jobs=cfg.site.max_jobs,
+                    zone=own.zone if own else (cfg.site.zone or None),
+                    max_jobs=(own.slots or 0) if own else cfg.site.max_jobs,
                     stale_after_s=cfg.daemon.stale_after_s,
                     meter_interval_s=cfg.meters.interval_s,
                     accounting=AccountingParams.from_settings(cfg.accounting),
+                    idle_w_per_gpu=own.idle_w_per_gpu if own else cfg.site.idle_w_per_gpu,
+                    sites=sites,
                 ),
+                slurm=slurm_driver(queue),
             )
             if once:
                 try:
@@ -282,3 +293,11 @@ def config_show(json_out: JsonOpt = False) -> None:
     for key, value, source in rows:
         typer.echo(f"{key.ljust(width)}  {value}  [{source}]")
     typer.echo(f"# GPUs on this box: {gpus}; data folder: {settings().data_dir}")
+
+
+def _own_gpus(own: "Site | None") -> int:
+    """GPUs this box hands out with `[[sites]]`: its entry's (detected when it gives none); 0
+    when this daemon is no site (it only drives Slurm sites)."""
+    if own is None:
+        return 0
+    return own.gpus if own.gpus is not None else box_gpus()

@@ -18,7 +18,18 @@ from typing import NamedTuple
 
 from ecoq.errors import ConfigError
 
-__all__ = ["CLOUDS", "Region", "close_aliases", "list_regions", "load_regions", "resolve_alias"]
+__all__ = [
+    "CLOUDS",
+    "Region",
+    "ZoneGroup",
+    "close_aliases",
+    "list_groups",
+    "list_regions",
+    "load_groups",
+    "load_regions",
+    "resolve_alias",
+    "resolve_group",
+]
 
 CLOUDS = ("aws", "azure", "gcp")
 DATA_FILE = "regions.toml"
@@ -37,6 +48,16 @@ class Region(NamedTuple):
     aliases: tuple[str, ...]
 
 
+class ZoneGroup(NamedTuple):
+    """A named set of zones (`ecoq submit --region europe`): its key, readable name, other
+    names, and its zones in file order."""
+
+    key: str
+    name: str
+    aliases: tuple[str, ...]
+    zones: tuple[str, ...]
+
+
 def fold(text: str) -> str:
     """The lookup key of `text`: no accents, case-folded, single spaces, no spaces around `:`."""
     decomposed = unicodedata.normalize("NFKD", text)
@@ -52,6 +73,20 @@ def load_regions(path: Path | None = None) -> tuple[Region, ...]:
         ConfigError: the file cannot be read or parsed, a table has an unknown key or a value of
             the wrong type, or one alias names two zones. The message names the file and the fix.
     """
+    return _load(path)[0]
+
+
+def load_groups(path: Path | None = None) -> tuple[ZoneGroup, ...]:
+    """The zone groups (``[groups.<key>]``) of a regions file, in file order.
+
+    Raises:
+        ConfigError: as `load_regions`; also a group naming a zone the file does not list, or
+            a group name or alias used twice.
+    """
+    return _load(path)[1]
+
+
+def _load(path: Path | None) -> tuple[tuple[Region, ...], tuple[ZoneGroup, ...]]:
     import tomllib
 
     where = str(path) if path is not None else f"ecoq's bundled {DATA_FILE}"
@@ -68,11 +103,38 @@ def load_regions(path: Path | None = None) -> tuple[Region, ...]:
             f"regions file {where} cannot be read ({exc}); fix or restore it"
         ) from exc
     zones = data.get("zones")
-    if not isinstance(zones, dict) or set(data) != {"zones"}:
-        raise ConfigError(f"regions file {where} must hold only [zones.<CODE>] tables")
+    if not isinstance(zones, dict) or not set(data) <= {"zones", "groups"}:
+        raise ConfigError(
+            f"regions file {where} must hold only [zones.<CODE>] and [groups.<NAME>] tables"
+        )
     regions = [_region(where, code, table) for code, table in sorted(zones.items())]
     _index(where, regions)  # checks that every alias names one zone
-    return tuple(regions)
+    groups = data.get("groups", {})
+    if not isinstance(groups, dict):
+        raise ConfigError(f"regions file {where}: groups must hold [groups.<NAME>] tables")
+    known = {r.zone for r in regions}
+    found = tuple(_group(where, key, table, known) for key, table in groups.items())
+    names = [fold(n) for g in found for n in (g.key, *g.aliases)]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"regions file {where}: a group name or alias is used twice")
+    return tuple(regions), found
+
+
+def _group(where: str, key: str, table: object, known: set[str]) -> ZoneGroup:
+    at = f"regions file {where}: groups.{key}"
+    if not isinstance(table, dict) or not set(table) <= {"name", "aliases", "zones"}:
+        raise ConfigError(f"{at} must be a table with name, aliases and zones")
+    name, aliases, zones = table.get("name", key), table.get("aliases", []), table.get("zones")
+    lists = (aliases, zones)
+    if not isinstance(name, str) or not all(
+        isinstance(v, list) and all(isinstance(x, str) and x for x in v) for v in lists
+    ):
+        raise ConfigError(f"{at}: name must be a string, aliases and zones lists of strings")
+    assert isinstance(zones, list) and isinstance(aliases, list)
+    unknown = [z for z in zones if z not in known]
+    if not zones or unknown:
+        raise ConfigError(f"{at}: zones must list known zones (unknown: {unknown or 'none'})")
+    return ZoneGroup(key, name, tuple(aliases), tuple(zones))
 
 
 def _region(where: str, code: str, table: object) -> Region:
@@ -128,6 +190,29 @@ def _index(where: str, regions: list[Region]) -> dict[str, str]:
 def _bundled() -> tuple[tuple[Region, ...], dict[str, str]]:
     regions = load_regions()
     return regions, _index(DATA_FILE, list(regions))
+
+
+@functools.cache
+def _bundled_groups() -> dict[str, ZoneGroup]:
+    return {fold(n): g for g in load_groups() for n in (g.key, *g.aliases)}
+
+
+def list_groups() -> list[ZoneGroup]:
+    """The bundled zone groups, in file order.
+
+    Raises:
+        ConfigError: the bundled file is broken (reinstall ecoq).
+    """
+    return list(dict.fromkeys(_bundled_groups().values()))
+
+
+def resolve_group(name: str) -> ZoneGroup | None:
+    """The zone group called `name` (its key or an alias, any case: `eu`, `Europe`); else None.
+
+    Raises:
+        ConfigError: the bundled file is broken (reinstall ecoq).
+    """
+    return _bundled_groups().get(fold(name))
 
 
 def list_regions() -> list[Region]:

@@ -36,6 +36,8 @@ from ecoq.scheduler.queue import Queue
 from ecoq.scheduler.reconcile import AccountingParams, reconcile
 from ecoq.scheduler.replan import LocalSite, PlannerParams, replan
 from ecoq.scheduler.service import DaemonLock, run_forever
+from ecoq.scheduler.sites import Site, SiteMap
+from ecoq.scheduler.slurmdriver import SlurmDriver, SlurmReport
 from ecoq.states import ACTIVE, WAITING, JobState
 
 __all__ = ["Daemon", "DaemonConfig", "DaemonLock", "TickReport", "run_forever"]
@@ -73,6 +75,9 @@ class DaemonConfig:
     idle_w_per_gpu: float = 50.0
     #: How finished runs are accounted (PUE, embodied figures, finalize after); None: defaults.
     accounting: AccountingParams | None = None
+    #: Every `[[sites]]` entry (empty: this box is the only site): the planner picks site and
+    #: time together, and this daemon starts the jobs planned at the site named `worker`.
+    sites: tuple[Site, ...] = ()
 
     def site(self) -> LocalSite:
         """This box as the planner sees it."""
@@ -96,6 +101,8 @@ class TickReport(PauseReport):
     expired: list[int] = field(default_factory=list)
     #: Jobs of a lost daemon that this tick reconciled as failed.
     lost: list[int] = field(default_factory=list)
+    #: What the Slurm sites' driver did (None: this daemon drives no Slurm site).
+    slurm: SlurmReport | None = None
 
 
 class Daemon:
@@ -107,6 +114,7 @@ class Daemon:
         source: ForecastSource,
         config: DaemonConfig,
         executor: Executor | None = None,
+        slurm: SlurmDriver | None = None,
     ) -> None:
         self.queue = queue
         self.source = source
@@ -129,6 +137,8 @@ class Daemon:
         self._history_at: dict[str, datetime] = {}
         self.registry = DaemonRegistry(queue)
         self.pauses = Pauses(queue, self.executor, kill_grace_s=config.kill_grace_s)
+        #: The Slurm sites this daemon drives (`[[sites]]` of kind slurm); None: none.
+        self.slurm = slurm
 
     # -- the tick ---------------------------------------------------------------------------
     def tick(self) -> TickReport:
@@ -138,7 +148,9 @@ class Daemon:
             now = self.clock()
             self.heartbeat()
             report.lost = self.registry.reconcile_stale(
-                self.config.worker, timedelta(seconds=self.config.stale_after_s)
+                self.config.worker,
+                timedelta(seconds=self.config.stale_after_s),
+                adopt=lambda job: self._slurm_executor(job) is not None,
             )
             self._reap(now, report)
             self._save_energy_snapshots()
@@ -166,6 +178,8 @@ class Daemon:
                         self._replan_all = self._capacity_freed = False
                         self._replanned_at = time.monotonic()
                         self._replan_took_s = self._replanned_at - began
+            if self.slurm is not None and not self.stopping:
+                report.slurm = self.slurm.sync(now)
             self.pauses.step(now, self.queue.active(self.config.worker), report)
             if not self.stopping:
                 self._dispatch(now, report)
@@ -190,10 +204,22 @@ class Daemon:
         except Exception:  # accounting must never stop the scheduling
             log.exception("accounting failed; the next tick retries")
 
-    def _site(self, now: datetime) -> LocalSite:
-        """This box for the planner, with the number of live daemons sharing the database."""
+    def _site(self, now: datetime) -> LocalSite | SiteMap:
+        """This box for the planner, with the number of live daemons sharing the database; with
+        `[[sites]]`, every site, less the daemon sites whose daemon is not alive."""
         since = now - timedelta(seconds=self.config.stale_after_s)
+        if self.config.sites:
+            live = self.queue.live_daemon_names(since) | {self.config.worker}
+            down = {s.name for s in self.config.sites if s.kind != "slurm" and s.name not in live}
+            return SiteMap(self.config.worker, self.config.sites, frozenset(down))
         return replace(self.config.site(), daemons=max(1, self.queue.live_daemons(since)))
+
+    def _slurm_executor(self, job: Job) -> Executor | None:
+        """The executor of the Slurm site `job` runs at, if this daemon drives it."""
+        return self.slurm.executor(job.site) if self.slurm is not None else None
+
+    def _executor_for(self, job: Job) -> Executor:
+        return self._slurm_executor(job) or self.executor
 
     def heartbeat(self) -> None:
         """Tell other daemons on the database that this one is alive (thread-safe)."""
@@ -208,7 +234,14 @@ class Daemon:
     def _reap(self, now: datetime, report: TickReport) -> None:
         for job, run in self.queue.active(self.config.worker):
             assert job.id is not None and run.id is not None
-            status = self.executor.status(Path(run.run_dir))
+            slurm = self._slurm_executor(job)
+            status = self._executor_for(job).status(Path(run.run_dir))
+            if status.state in ("exited", "vanished") and slurm is not None:
+                assert self.slurm is not None
+                energy_j = self.slurm.finished(job, run)
+                if energy_j is not None:
+                    self.queue.update_run(run.id, energy_j=energy_j)
+                    run.energy_j = energy_j
             if status.state in ("exited", "vanished") and run.started_at is None:
                 # A job that ended between two ticks was never seen running: record its start.
                 self.queue.update_run(run.id, pid=status.pid, started_at=status.started_at)
@@ -250,6 +283,17 @@ class Daemon:
                     finished_at=now,
                     reason=reason,
                     **self._final_energy(run),
+                ):
+                    report.reaped.append(job.id)
+            elif slurm is not None:
+                assert self.slurm is not None
+                why = (
+                    self.slurm.still_pending(job, run, status)
+                    if status.state != "running"
+                    else None
+                )
+                if why is not None and self.queue.finish(
+                    job, run, S.FAILED, exit_code=None, finished_at=now, reason=why
                 ):
                     report.reaped.append(job.id)
             elif status.state == "running":
@@ -308,21 +352,27 @@ class Daemon:
             assert job.id is not None and run.id is not None
             run_dir = Path(run.run_dir)
             if job.request == "cancel":
-                self._terminate(run, now, run_dir)
+                self._terminate(job, run, now, run_dir)
             elif job.request == "hold" and job.state == S.RUNNING:
                 if job.checkpoint_at is not None:
                     continue  # checkpointing: the hold applies once it has exited
-                self.executor.signal(run_dir, signal.SIGSTOP)
+                self._executor_for(job).signal(run_dir, signal.SIGSTOP)
                 self.queue.user_pause(job, now)
             elif job.request == "release" and job.state == S.PAUSED:
                 keep = job.segment_end if job.segment_end and job.segment_end > now else None
                 if self.queue.user_resume(job, now, segment_end=keep):
-                    self.executor.signal(run_dir, signal.SIGCONT)
+                    self._executor_for(job).signal(run_dir, signal.SIGCONT)
             elif job.request is not None and job.request != "cancel":
                 self.queue.clear_request(job.id)  # e.g. release of a job that already resumed
 
-    def _terminate(self, run: Run, now: datetime, run_dir: Path) -> None:
+    def _terminate(self, job: Job, run: Run, now: datetime, run_dir: Path) -> None:
         assert run.id is not None
+        slurm = self._slurm_executor(job)
+        if slurm is not None:  # scancel: Slurm sends SIGTERM, then SIGKILL after KillWait
+            if run.term_sent_at is None:
+                slurm.terminate(run_dir)
+                self.queue.update_run(run.id, term_sent_at=now)
+            return
         if run.term_sent_at is None:
             self.executor.signal(run_dir, signal.SIGCONT)  # a paused job must see the SIGTERM
             self.executor.signal(run_dir, signal.SIGTERM)

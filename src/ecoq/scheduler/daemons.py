@@ -7,6 +7,7 @@ other daemon to notice (a compare-and-set on its row) fails its running jobs wit
 cannot see another box's processes, so the outcome is reported as unknown, never guessed.
 """
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import Engine, text, update
 from sqlmodel import col, select
 
 from ecoq.db import session
-from ecoq.models import DaemonRow
+from ecoq.models import DaemonRow, Job
 from ecoq.scheduler.queue import Queue
 from ecoq.states import JobState
 
@@ -49,12 +50,20 @@ class DaemonRegistry:
             )
             s.commit()
 
-    def reconcile_stale(self, me: str, stale_after: timedelta) -> list[int]:
+    def reconcile_stale(
+        self,
+        me: str,
+        stale_after: timedelta,
+        *,
+        adopt: Callable[[Job], bool] | None = None,
+    ) -> list[int]:
         """Fail the active jobs of every other daemon silent for longer than `stale_after`.
 
         Only one daemon wins each reconciliation (a compare-and-set on the daemon's row). The
         silent daemon's processes cannot be seen from here, so its running jobs end `failed`
-        with a reason that says so; returns their ids.
+        with a reason that says so; returns their ids. Jobs for which `adopt` says yes (they
+        run on a Slurm cluster this daemon also drives, so Slurm still knows how they fare) are
+        taken over by `me` instead.
         """
         now = self.queue.clock()
         cutoff = now - stale_after
@@ -88,6 +97,10 @@ class DaemonRegistry:
                 f"{int(stale_after.total_seconds())} s); reconciled by {me}: outcome unknown"
             )
             for job, run in self.queue.active(name):
+                if adopt is not None and adopt(job):
+                    assert job.id is not None
+                    self.queue.adopt(job.id, name, me)
+                    continue
                 if self.queue.finish(
                     job, run, S.FAILED, exit_code=None, finished_at=now, reason=reason
                 ):

@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_
+from sqlalchemy import and_, bindparam, func, or_, update
 from sqlmodel import col, select
 
 from ecoq.db import session
 from ecoq.errors import ValidationError
+from ecoq.faults import fault
 from ecoq.models import DaemonRow, Job
 from ecoq.scheduler.jobspec import JobSpec, parse_signal, validate_spec
 from ecoq.scheduler.queue_core import Clock, DaemonSide, utcnow
@@ -123,6 +124,16 @@ class Queue(DaemonSide):
             ).one()
         return int(count)
 
+    def live_daemon_names(self, since: datetime) -> set[str]:
+        """Names of the daemons that heartbeat since `since` and did not stop."""
+        with session(self.engine) as s:
+            names = s.exec(
+                select(DaemonRow.name).where(
+                    col(DaemonRow.stopped_at).is_(None), col(DaemonRow.heartbeat_at) >= since
+                )
+            ).all()
+        return set(names)
+
     def has_pending(self) -> bool:
         """Whether any unheld job waits for its first plan."""
         with session(self.engine) as s:
@@ -174,8 +185,58 @@ class Queue(DaemonSide):
                 )
                 conn.execute(stmt, rows)
                 written += len(rows)
+            fault("plans-txn")
             s.commit()
         return written
+
+    # -- Slurm sites -------------------------------------------------------------------------
+    def slurm_work(self, sites: Sequence[str]) -> list[Job]:
+        """What the Slurm sites `sites` need done: planned jobs there, and every job not running
+        that still has a submission in a Slurm queue (to move, release or withdraw), by id."""
+        with session(self.engine) as s:
+            rows = s.exec(
+                select(Job)
+                .where(
+                    or_(
+                        and_(col(Job.state) == str(S.PLANNED), col(Job.site).in_(list(sites))),
+                        and_(
+                            col(Job.slurm_run_dir).is_not(None),
+                            col(Job.state).not_in([str(S.RUNNING), str(S.PAUSED)]),
+                        ),
+                    )
+                )
+                .order_by(col(Job.id))
+            )
+            return list(rows)
+
+    def set_slurm_run_dir(self, job_id: int, expect: str | None, value: str | None) -> bool:
+        """Compare-and-set the job's Slurm submission (`Job.slurm_run_dir`) from `expect` to
+        `value`; False if another daemon changed it first."""
+        same = (
+            col(Job.slurm_run_dir).is_(None) if expect is None else col(Job.slurm_run_dir) == expect
+        )
+        with session(self.engine) as s:
+            stmt = update(Job).where(col(Job.id) == job_id, same).values(slurm_run_dir=value)
+            moved = bool(s.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
+            s.commit()
+        return moved
+
+    def adopt(self, job_id: int, lost: str, me: str) -> bool:
+        """Take over an active job of the lost daemon `lost` (a Slurm job: Slurm still runs
+        it); False if it is not that daemon's any more."""
+        with session(self.engine) as s:
+            stmt = (
+                update(Job)
+                .where(
+                    col(Job.id) == job_id,
+                    col(Job.worker) == lost,
+                    col(Job.state).in_([str(S.RUNNING), str(S.PAUSED)]),
+                )
+                .values(worker=me, updated_at=self.clock())
+            )
+            moved = bool(s.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
+            s.commit()
+        return moved
 
     # -- user requests ----------------------------------------------------------------------
     def cancel(self, job_id: int) -> str:

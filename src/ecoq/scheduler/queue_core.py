@@ -15,6 +15,7 @@ from sqlmodel import col, select
 
 from ecoq.db import session
 from ecoq.errors import JobNotFound
+from ecoq.faults import fault
 from ecoq.models import Job, Run
 from ecoq.scheduler.jobspec import hm
 from ecoq.states import ACTIVE, WAITING, JobState, check_transition
@@ -129,9 +130,11 @@ class QueueCore:
             .values(**values)
         )
         with session(self.engine) as s:
-            result = s.execute(stmt)
+            moved = bool(s.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
             s.commit()
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if moved:
+            fault("transition")
+        return moved
 
     def clear_request(self, job_id: int) -> None:
         with session(self.engine) as s:
@@ -142,6 +145,7 @@ class QueueCore:
         with session(self.engine) as s:
             s.execute(update(Run).where(col(Run.id) == run_id).values(**values))
             s.commit()
+        fault("update-run")
 
 
 class DaemonSide(QueueCore):
@@ -214,6 +218,7 @@ class DaemonSide(QueueCore):
         remaining = max(0.0, job.duration_s - job.work_done_s)
         late = job.late or now > job.deadline - timedelta(seconds=remaining)
         assert job.id is not None
+        fault("claim-before")
         with session(self.engine) as s:
             # Row lock first, skipping a row another daemon is claiming (PostgreSQL; SQLite has
             # no FOR UPDATE and serialises writers instead), then the compare-and-set decides.
@@ -255,6 +260,7 @@ class DaemonSide(QueueCore):
             s.add(run)
             s.commit()
             s.refresh(run)
+        fault("claim-after")
         return run
 
     def active(self, worker: str | None) -> list[tuple[Job, Run]]:
@@ -318,8 +324,10 @@ class DaemonSide(QueueCore):
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 s.rollback()
                 return False
+            fault("finish-txn")
             s.execute(_close_run(run, exit_code, finished_at, reason, energy_j, energy_series))
             s.commit()
+        fault("finish-after")
         return True
 
     def expire_overdue(self, now: datetime) -> list[Job]:

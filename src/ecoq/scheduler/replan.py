@@ -35,7 +35,7 @@ from ecoq.scheduler import segments as segs
 from ecoq.scheduler.forecasts import ForecastSource
 from ecoq.scheduler.planning import JobRequest, Placement, Reservation, Rule, plan_jobs
 from ecoq.scheduler.queue import Queue
-from ecoq.scheduler.sites import Site
+from ecoq.scheduler.sites import Site, SiteMap
 from ecoq.states import JobState
 
 __all__ = ["PLAN_KEYS", "LocalSite", "PlannerParams", "plan_batch", "replan"]
@@ -114,6 +114,7 @@ PLAN_KEYS = (
     "plan_saving",
     "plan_min_saving",
     "plan_asap",
+    "site",
 )
 
 
@@ -207,11 +208,12 @@ def plan_batch(
     source: ForecastSource,
     now: datetime,
     params: PlannerParams,
-    site: LocalSite,
+    site: "LocalSite | SiteMap",
     *,
     strict: bool = False,
 ) -> list[tuple[Job, dict[str, Any]]]:
-    """Plan `todo` in one go, with the capacity `holding` jobs already take.
+    """Plan `todo` in one go, with the capacity `holding` jobs already take. With a `SiteMap`
+    (`[[sites]]`), `ecoq.scheduler.siteplan.plan_sites` picks site and time together.
 
     Returns `(job, column values)` for each job that gets a plan (every key of `PLAN_KEYS`); a
     job whose zone became unknown and that already has a plan keeps it (it is left out). Jobs
@@ -222,6 +224,10 @@ def plan_batch(
         UnknownZone: with `strict` (`ecoq submit`), when the forecast source does not know a
             zone; otherwise such jobs start now, and their reason says why.
     """
+    if isinstance(site, SiteMap):
+        from ecoq.scheduler.siteplan import plan_sites
+
+        return plan_sites(todo, holding, source, now, params, site, strict=strict)
     taken = reservations(holding, site.name, now)
     groups: dict[str, list[int]] = {}
     for i, job in enumerate(todo):
@@ -260,6 +266,7 @@ def plan_batch(
             threshold = params.min_saving if request.min_saving is None else request.min_saving
             fields = _fields(job, p, forecast, now, note, threshold)
             fields["plan_asap"] = _asap(request, p)
+            fields["site"] = None  # any daemon sharing the database may start it
             out.append((job, fields))
             taken.extend(_held_by(job, p, site.name))
     return out
@@ -408,13 +415,18 @@ def _unplanned(job: Job, now: datetime, reason: str, zone: str) -> dict[str, Any
 
 
 def split(
-    jobs: Sequence[Job], site: LocalSite, *, all_waiting: bool
+    jobs: Sequence[Job], site: "LocalSite | SiteMap", *, all_waiting: bool
 ) -> tuple[list[Job], list[Job]]:
     """The jobs to plan now, and those that hold capacity meanwhile.
 
     Planned: pending jobs; with `all_waiting` also planned ones and this daemon's jobs in a
-    planned pause. Held and run-now jobs keep their plan; a job for another site is left out.
+    planned pause. Held and run-now jobs keep their plan; a job for another site is left out
+    (with a `SiteMap`, every site's jobs are planned together).
     """
+    if isinstance(site, SiteMap):
+        from ecoq.scheduler.siteplan import split_sites
+
+        return split_sites(jobs, site, all_waiting=all_waiting)
     todo: list[Job] = []
     holding: list[Job] = []
     for job in jobs:
@@ -439,7 +451,7 @@ def replan(
     source: ForecastSource,
     now: datetime,
     params: PlannerParams,
-    site: LocalSite,
+    site: "LocalSite | SiteMap",
     *,
     all_waiting: bool,
 ) -> int:

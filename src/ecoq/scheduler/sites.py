@@ -5,12 +5,13 @@ cluster/partition. It sits in one grid zone and has a capacity, a PUE and an idl
 (what a SIGSTOPped job's GPUs still draw; docs/design.md, "Pausing is not free").
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from ecoq.errors import ValidationError
 
-__all__ = ["SITE_KINDS", "Site", "SiteKind"]
+__all__ = ["SITE_KINDS", "Site", "SiteKind", "SiteMap"]
 
 SiteKind = Literal["local", "remote", "slurm"]
 SITE_KINDS: tuple[SiteKind, ...] = ("local", "remote", "slurm")
@@ -65,3 +66,45 @@ class Site:
     def limited(self) -> bool:
         """Whether the site has any capacity limit."""
         return self.gpus is not None or self.slots is not None
+
+
+@dataclass(frozen=True)
+class SiteMap:
+    """Every site a plan may use (`[[sites]]`), seen from one daemon.
+
+    Attributes:
+        me: this daemon's site name (`site.name`); it runs the jobs planned at the site of that
+            name. It need not be a site (a daemon that only drives Slurm sites).
+        sites: every configured site.
+        down: daemon sites (`local`/`remote`) whose daemon has no live heartbeat: nothing new is
+            planned there, so no job waits for a box that is gone.
+    """
+
+    me: str
+    sites: tuple[Site, ...]
+    down: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValidationError(f"site names must be unique; got {names}")
+
+    @property
+    def limited(self) -> bool:
+        """Whether any site has a capacity limit."""
+        return any(s.limited for s in self.sites)
+
+    def get(self, name: str | None) -> Site | None:
+        """The site called `name`, if configured."""
+        return next((s for s in self.sites if s.name == name), None)
+
+    def usable(self) -> list[Site]:
+        """The sites new work may be planned at (not `down`)."""
+        return [s for s in self.sites if s.name not in self.down]
+
+    def in_zones(self, zones: Sequence[str]) -> list[Site]:
+        """The usable sites in `zones`, in the zones' order (home zone first); within a zone
+        this daemon's site first, then by name."""
+        order = {zone: i for i, zone in reversed(list(enumerate(zones)))}
+        found = [s for s in self.usable() if s.zone in order]
+        return sorted(found, key=lambda s: (order[s.zone], s.name != self.me, s.name))

@@ -231,11 +231,33 @@ class SlurmExecutor:
                 never moved) or is unknown, or scontrol failed.
         """
         job_id = self.job_id(run_dir)
-        when = _slurm_time(start) if self._ahead(start, self.clock()) else "now"
+        ahead = self._ahead(start, self.clock())
+        when = _slurm_time(start) if ahead else "now"
         self.run(
             "scontrol", "update", f"JobId={job_id}", f"StartTime={when}",
             what=f"moving Slurm job {job_id} to {when}",
         )  # fmt: skip
+        record = self.record(run_dir)
+        if record is not None:
+            self._record(run_dir, {**record, "begin": start.isoformat() if ahead else None})
+
+    def record(self, run_dir: Path) -> dict[str, object] | None:
+        """The submission record of `run_dir` (`RECORD_FILE`: job id, name, site, held, the
+        start last sent as ``begin``); None if nothing was submitted from it.
+
+        Raises:
+            ExecutorError: the record is corrupt.
+        """
+        path = run_dir / RECORD_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ExecutorError(f"corrupt Slurm record {path}: {exc}; inspect it") from exc
+        if not isinstance(data, dict):
+            raise ExecutorError(f"corrupt Slurm record {path}: not an object; inspect it")
+        return data
 
     def release(self, run_dir: Path, *, now: bool = False) -> None:
         """Let a held job start (``scontrol release N``): at its start time, or at once with
