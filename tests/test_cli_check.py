@@ -269,3 +269,18 @@ def test_the_check_is_quick_to_fail_over(tmp_path: Path) -> None:
     api = Api(503)
     check_providers(_settings(ECOQ_FORECAST__PROVIDER="electricitymaps"), api.make(), now=NOW)
     assert datetime.now(UTC) - start < timedelta(seconds=5)
+
+
+def test_slurm_sites_from_the_config_file_keep_their_slurm_keys(tmp_path: Path) -> None:
+    from ecoq.config import load_settings
+
+    path = tmp_path / "ecoq.toml"
+    path.write_text(
+        '[[sites]]\nname = "hpc"\nkind = "slurm"\nzone = "FR"\npartition = "gpu"\n'
+        'slurm_conf = "/etc/slurm-b/slurm.conf"\n'
+        '[[sites]]\nname = "box"\nzone = "DE"\n'
+    )
+    cfg = load_settings(config_file=path, env={"HOME": str(tmp_path)})
+    assert slurm_sites(cfg) == [
+        SlurmSite("hpc", partition="gpu", slurm_conf="/etc/slurm-b/slurm.conf")
+    ]

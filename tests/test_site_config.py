@@ -77,7 +77,10 @@ def test_no_sites_by_default_and_the_example_file_has_none_active() -> None:
             'name = "a"\nzone = "DE"\nkind = "cloud"\n',
             r"kind = 'cloud' is not one of local, remote, slurm",
         ),
-        ('name = "a"\nzone = "DE"\ngpus = -1\n', r"ecoq.toml:4: .*gpus = -1 must be a whole number >= 0"),
+        (
+            'name = "a"\nzone = "DE"\ngpus = -1\n',
+            r"ecoq.toml:4: .*gpus = -1 must be a whole number >= 0",
+        ),
         ('name = "a"\nzone = "DE"\nslots = true\n', r"slots = True must be a whole number"),
         ('name = "a"\nzone = "DE"\npue = 0.9\n', r"pue = 0.9 must be at least 1"),
         (
@@ -114,7 +117,10 @@ def test_duplicate_names_and_a_sites_table_that_is_not_an_array(tmp_path: Path) 
 
 
 def test_all_problems_are_reported_together(tmp_path: Path) -> None:
-    text = '[[sites]]\nname = "a"\n[[sites]]\nname = "b"\nzone = "DE"\npue = 0\n[planner]\nmin_saving = 3\n'
+    text = (
+        '[[sites]]\nname = "a"\n[[sites]]\nname = "b"\nzone = "DE"\npue = 0\n'
+        "[planner]\nmin_saving = 3\n"
+    )
     with pytest.raises(ConfigError) as caught:
         _load(tmp_path, text)
     message = str(caught.value)

@@ -151,7 +151,10 @@ def test_zone_groups_resolve_by_key_or_alias_in_any_case() -> None:
         ("[zones.DE]\n[groups.eu]\nzones = []\n", "must list known zones"),
         ('[zones.DE]\n[groups.eu]\nzones = ["DE"]\ncolour = 1\n', "must be a table with"),
         (
-            '[zones.DE]\n[groups.eu]\nzones = ["DE"]\n[groups.b]\naliases = ["EU"]\nzones = ["DE"]\n',
+            (
+                '[zones.DE]\n[groups.eu]\nzones = ["DE"]\n'
+                '[groups.b]\naliases = ["EU"]\nzones = ["DE"]\n'
+            ),
             "used twice",
         ),
     ],

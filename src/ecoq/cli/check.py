@@ -266,6 +266,9 @@ def slurm_sites(cfg: object) -> list[SlurmSite]:
             table = dataclasses.asdict(entry)
         else:
             continue
+        nested = table.pop("slurm", None)  # a `SiteConfig` keeps its Slurm keys apart
+        if isinstance(nested, Mapping):
+            table.update(nested)
         if table.get("kind") == "slurm":
             keys = {k: v for k, v in table.items() if k in SLURM_SITE_KEYS and v is not None}
             out.append(SlurmSite.from_table(str(table.get("name", "")), keys))

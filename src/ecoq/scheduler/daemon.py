@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from ecoq.errors import EcoqError
 from ecoq.meters import MeterSettings
@@ -33,6 +32,7 @@ from ecoq.scheduler.forecasts import ForecastSource, ForecastStore
 from ecoq.scheduler.metering import RunMeters, merge_segments, total_energy_j
 from ecoq.scheduler.pauses import PauseReport, Pauses, segment_end_for
 from ecoq.scheduler.queue import Queue
+from ecoq.scheduler.reap import Reaping
 from ecoq.scheduler.reconcile import AccountingParams, reconcile
 from ecoq.scheduler.replan import LocalSite, PlannerParams, replan
 from ecoq.scheduler.service import DaemonLock, run_forever
@@ -105,7 +105,7 @@ class TickReport(PauseReport):
     slurm: SlurmReport | None = None
 
 
-class Daemon:
+class Daemon(Reaping):
     """Owns this box's jobs. Drive it with `tick()` (tests, `--once`) or `run()`."""
 
     def __init__(
@@ -214,13 +214,6 @@ class Daemon:
             return SiteMap(self.config.worker, self.config.sites, frozenset(down))
         return replace(self.config.site(), daemons=max(1, self.queue.live_daemons(since)))
 
-    def _slurm_executor(self, job: Job) -> Executor | None:
-        """The executor of the Slurm site `job` runs at, if this daemon drives it."""
-        return self.slurm.executor(job.site) if self.slurm is not None else None
-
-    def _executor_for(self, job: Job) -> Executor:
-        return self._slurm_executor(job) or self.executor
-
     def heartbeat(self) -> None:
         """Tell other daemons on the database that this one is alive (thread-safe)."""
         self.registry.heartbeat(
@@ -230,112 +223,6 @@ class Daemon:
     def request_replan(self) -> None:
         """Re-plan every waiting job at the next tick (after a forecast refresh)."""
         self._replan_all = True
-
-    def _reap(self, now: datetime, report: TickReport) -> None:
-        for job, run in self.queue.active(self.config.worker):
-            assert job.id is not None and run.id is not None
-            slurm = self._slurm_executor(job)
-            status = self._executor_for(job).status(Path(run.run_dir))
-            if status.state in ("exited", "vanished") and slurm is not None:
-                assert self.slurm is not None
-                energy_j = self.slurm.finished(job, run)
-                if energy_j is not None:
-                    self.queue.update_run(run.id, energy_j=energy_j)
-                    run.energy_j = energy_j
-            if status.state in ("exited", "vanished") and run.started_at is None:
-                # A job that ended between two ticks was never seen running: record its start.
-                self.queue.update_run(run.id, pid=status.pid, started_at=status.started_at)
-                run.started_at = status.started_at
-            if status.state == "exited":
-                energy = self._final_energy(run)
-                if (
-                    job.checkpoint_at is not None
-                    and job.request != "cancel"
-                    and self.pauses.reap_checkpoint(job, run, status, now, energy, report)
-                ):
-                    continue
-                code = status.exit_code
-                if job.request == "cancel":
-                    target, reason = S.CANCELLED, "cancelled by user"
-                elif code == 0:
-                    target, reason = S.SUCCEEDED, None
-                else:
-                    target, reason = S.FAILED, status.reason or f"exited with status {code}"
-                    if job.checkpoint_at is not None:
-                        reason += f" after {job.checkpoint_signal} (checkpoint pause)"
-                if self.queue.finish(
-                    job,
-                    run,
-                    target,
-                    exit_code=code,
-                    finished_at=status.finished_at or now,
-                    reason=reason,
-                    **energy,
-                ):
-                    report.reaped.append(job.id)
-            elif status.state == "vanished":
-                reason = status.reason or "the job's wrapper and process are gone"
-                if self.queue.finish(
-                    job,
-                    run,
-                    S.FAILED,
-                    exit_code=None,
-                    finished_at=now,
-                    reason=reason,
-                    **self._final_energy(run),
-                ):
-                    report.reaped.append(job.id)
-            elif slurm is not None:
-                assert self.slurm is not None
-                why = (
-                    self.slurm.still_pending(job, run, status)
-                    if status.state != "running"
-                    else None
-                )
-                if why is not None and self.queue.finish(
-                    job, run, S.FAILED, exit_code=None, finished_at=now, reason=why
-                ):
-                    report.reaped.append(job.id)
-            elif status.state == "running":
-                if run.pid is None:
-                    self.queue.update_run(run.id, pid=status.pid, started_at=status.started_at)
-                if self.meters is not None and status.pid is not None:
-                    self.meters.start(run.id, status.pid, list(run.gpu_indices))
-            elif not _alive(run.wrapper_pid) and self.executor.abandon(Path(run.run_dir)):
-                # Claimed, but the wrapper never took the start token: it never ran. Requeue.
-                self.queue.update_run(
-                    run.id, finished_at=now, reason="never started: the daemon stopped first"
-                )
-                self.queue.transition(
-                    job.id,
-                    [S.RUNNING],
-                    S.PENDING,
-                    worker=None,
-                    started_at=None,
-                    planned_start=None,
-                )
-                report.requeued.append(job.id)
-
-    def _final_energy(self, run: Run) -> dict[str, Any]:
-        """The run's energy for `Queue.finish`: this daemon's final read plus earlier segments."""
-        if self.meters is None or run.id is None:
-            return {}
-        series = self.meters.stop(run.id)
-        if series is None and not run.energy_series:
-            return {}
-        merged = merge_segments(run.energy_series, series.to_dict() if series else None)
-        return {"energy_j": total_energy_j(merged), "energy_series": merged}
-
-    def _save_energy_snapshots(self) -> None:
-        if self.meters is None:
-            return
-        snapshots = self.meters.due_snapshots()
-        if not snapshots:
-            return
-        for _job, run in self.queue.active(self.config.worker):
-            if run.id in snapshots:
-                merged = merge_segments(run.energy_series, snapshots[run.id])
-                self.queue.update_run(run.id, energy_series=merged, energy_j=total_energy_j(merged))
 
     def _refresh_history(self, now: datetime) -> None:
         """Fetch realized values for zones in use, every `history_interval_s` per zone."""
@@ -507,15 +394,3 @@ class Daemon:
                 if run is not None:
                     runs.append(run)
         return runs
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
