@@ -56,6 +56,7 @@ def daemon(
     """Plan, start, pause and reap this box's jobs."""
     import logging
 
+    from ecoq.cli.shared_box import serving, shared_box
     from ecoq.db import ensure_private
     from ecoq.logs import configure_logging
     from ecoq.scheduler.daemon import Daemon, DaemonConfig, DaemonLock, run_forever
@@ -70,6 +71,7 @@ def daemon(
             raise ValidationError(f"--metrics-port {metrics_port} must be a TCP port, 1-65535")
         cfg = settings()
         ensure_private(cfg.data_dir)
+        box = shared_box()  # None in personal mode; else checks root, makes the files private
         sites = planner_sites()
         own = next((s for s in sites if s.name == cfg.site_name), None)
         lock = DaemonLock(cfg.data_dir)
@@ -100,6 +102,7 @@ def daemon(
                     idle_w_per_gpu=own.idle_w_per_gpu if own else cfg.site.idle_w_per_gpu,
                     sites=sites,
                 ),
+                executor=box.executor(queue) if box else None,
                 slurm=slurm_driver(queue),
             )
             if once:
@@ -112,7 +115,8 @@ def daemon(
                     f"ended {report.reaped or 'none'}"
                 )
             else:
-                run_forever(runner, until_idle=until_idle, metrics_port=metrics_port)
+                with serving(box, queue):  # a shared box: users' commands come in on its socket
+                    run_forever(runner, until_idle=until_idle, metrics_port=metrics_port)
         finally:
             lock.release()
 
@@ -238,19 +242,40 @@ def forecast(
         "ecoq zones",
         "ecoq zones --json",
         "ecoq zones | grep -i frankfurt",
+        "ecoq zones --groups",
         note="Any alias works as --zone: `--zone aws:eu-central-1` and `--zone frankfurt` both "
         "mean DE. The aliases come from config/regions.toml.",
     )
 )
-def zones(json_out: JsonOpt = False) -> None:
+def zones(
+    groups: Annotated[
+        bool, typer.Option("--groups", help="List the zone groups for `submit --region`.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
     """List the bundled zones (Electricity Maps codes) with their names and aliases.
 
     Aliases are cloud regions (`aws:eu-central-1`) and cities located in the zone.
     """
     from ecoq.forecasting.bundled import zones as bundled_zones
-    from ecoq.forecasting.regions import list_regions
+    from ecoq.forecasting.regions import list_groups, list_regions
 
     with errors():
+        if groups:
+            found = list_groups()
+            if json_out:
+                print_json(
+                    [
+                        {"group": g.key, "name": g.name, "aliases": list(g.aliases),
+                         "zones": list(g.zones)}
+                        for g in found
+                    ]
+                )  # fmt: skip
+                return
+            for g in found:
+                also = f" ({', '.join(g.aliases)})" if g.aliases else ""
+                typer.echo(f"{g.key}{also}: {', '.join(g.zones)}")
+            return
         known = {r.zone: r for r in list_regions()}
         names = bundled_zones()
     rows = [
