@@ -143,3 +143,31 @@ def test_the_daemon_plans_at_the_slurm_site_and_a_running_job_is_cancelled(
     _until(lambda: queue.get(job_id).state == S.CANCELLED, daemon.tick)
     status = slurm.status(Path(run.run_dir))
     assert status.state == "exited" and status.reason is not None and "CANCELLED" in status.reason
+
+
+@pytest.mark.slurm
+def test_runs_on_the_cluster_do_not_take_this_boxs_slots(
+    slurm_site: SlurmSite,  # noqa: F811
+    slurm: SlurmExecutor,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    queue = Queue(open_engine(f"sqlite:///{tmp_path / 'ecoq.db'}"))
+    ex = SlurmExecutor(replace(slurm_site, name="hpc"))
+    driver = SlurmDriver(queue, {"hpc": ex}, data_dir=tmp_path / "data", worker="login")
+    sites = (Site("login", "DE", slots=1), Site("hpc", "FR", kind="slurm"))
+    config = DaemonConfig(
+        data_dir=tmp_path / "data", worker="login", box_gpus=0, max_jobs=1, sites=sites
+    )
+    daemon = Daemon(queue, ForecastSource(FlatProvider()), config, slurm=driver)
+    now = datetime.now(UTC)
+    on_cluster = queue.submit(make_spec(now, command=["/bin/sleep", "60"], zone="FR"))
+    assert on_cluster.id is not None
+    daemon.tick()  # plans it at hpc, submits and releases it
+    run = queue.latest_run(on_cluster.id)
+    assert run is not None and queue.get(on_cluster.id).site == "hpc"
+    _until(lambda: slurm.status(Path(run.run_dir)).state == "running", lambda: None)
+    local = queue.submit(make_spec(now, command=["/bin/true"], zone="DE", cwd=str(tmp_path)))
+    started: list[int] = []
+    _until(lambda: local.id in started, lambda: started.extend(daemon.tick().started))
+    assert queue.get(local.id or 0).site == "login"
+    daemon.executor.reap(10)  # type: ignore[attr-defined]

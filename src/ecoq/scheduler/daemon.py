@@ -156,7 +156,8 @@ class Daemon(Reaping):
             self._save_energy_snapshots()
             self._carry_out_requests(now)
             report.expired = [j.id for j in self.queue.expire_overdue(now) if j.id is not None]
-            if (report.reaped or report.checkpointed) and self.config.site().limited:
+            limited = self.config.site().limited or any(s.limited for s in self.config.sites)
+            if (report.reaped or report.checkpointed) and limited:
                 self._capacity_freed = True  # jobs pushed later for want of room may fit now
             with self.registry.planning_lock() as planner:
                 if planner:  # else another daemon is planning right now: next tick
@@ -268,7 +269,14 @@ class Daemon(Reaping):
             self.executor.signal(run_dir, signal.SIGKILL)
 
     def _dispatch(self, now: datetime, report: TickReport) -> None:
-        active = self.queue.active(self.config.worker)
+        if self.config.sites and all(s.name != self.config.worker for s in self.config.sites):
+            return  # with [[sites]], a daemon that is no site only drives Slurm sites
+        # This box's capacity: the runs it claimed on a Slurm cluster do not take it.
+        active = [
+            (job, run)
+            for job, run in self.queue.active(self.config.worker)
+            if self._slurm_executor(job) is None
+        ]
         used = {i for _, run in active for i in run.gpu_indices}
         free = [i for i in range(self.config.box_gpus) if i not in used]
         slots = self.config.max_jobs - len(active) if self.config.max_jobs else None
