@@ -38,11 +38,14 @@ WattTimeSignal = Literal["co2_moer", "co2_aoer"]
 EmissionFactor = Literal["lifecycle", "direct"]
 
 _URL_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@?#]*):.*@")  # greedy: over-redact, never leak
+#: libpq also takes the password as a query parameter: ``postgresql://u@h/db?password=...``
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pass|pwd)=)[^&#]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by ``***`` (``postgresql://user:***@host/db``)."""
-    return _URL_PASSWORD.sub(r"\1:***@", url)
+    """Return `url` with any password replaced by ``***`` (``postgresql://user:***@host/db``,
+    ``...?password=***``)."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", url))
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,18 @@ class SharedSettings:
     allow_root_jobs: bool = False  #: whether jobs submitted by root may run (as root)
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    """``[retention]``: how long the daemon keeps what grows (`ecoq.scheduler.retention`)."""
+
+    forecasts_days: int = 30  #: days a stored forecast is kept after its span ends; 0 = forever
+    realized_days: int = 90  #: days realized intensity values are kept; 0 = forever, else >= 64
+    samples_days: int = 30  #: days a finished run keeps its energy series as sampled; 0 = forever
+    samples_step_s: int = 300  #: seconds between the samples kept after samples_days
+    run_logs_days: int = 90  #: days a finished job keeps its run folders (output); 0 = forever
+    jobs_days: int = 0  #: days finished jobs (and their runs) are kept; 0 = forever
+
+
 #: Section name -> its dataclass; the fields of each are the section's keys, in documented order.
 SECTIONS: Mapping[str, type[Any]] = {
     "database": DatabaseSettings,
@@ -162,6 +177,7 @@ SECTIONS: Mapping[str, type[Any]] = {
     "meters": MetersSettings,
     "accounting": AccountingSettings,
     "shared": SharedSettings,
+    "retention": RetentionSettings,
 }
 
 
@@ -178,6 +194,7 @@ class Settings:
     meters: MetersSettings = field(default_factory=MetersSettings)
     accounting: AccountingSettings = field(default_factory=AccountingSettings)
     shared: SharedSettings = field(default_factory=SharedSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     #: the ``[[sites]]`` of the config file (`ecoq.site_config`); empty: this box alone
     sites: tuple[SiteConfig, ...] = ()
     #: "section.key" -> "default" | "file <path>:<line>" | "env ECOQ_X" | "cli <flag or key>"
@@ -279,8 +296,19 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "accounting.finalize_after_s": (lambda v: v >= 0, "a number of seconds >= 0"),
     "accounting.embodied_g_per_gpu_hour": (lambda v: v >= 0, "grams per hour >= 0 (0 = unset)"),
     "accounting.embodied_g_per_host_hour": (lambda v: v >= 0, "grams per hour >= 0 (0 = unset)"),
+    "retention.forecasts_days": (lambda v: v >= 0, "a number of days >= 0 (0 = keep forever)"),
+    "retention.realized_days": (
+        lambda v: v == 0 or v >= 64,
+        "0 (keep forever) or a number of days >= 64 (the fallback forecaster reads 63 days)",
+    ),
+    "retention.samples_days": (lambda v: v >= 0, "a number of days >= 0 (0 = keep forever)"),
+    "retention.samples_step_s": (lambda v: v > 0, "a number of seconds > 0"),
+    "retention.run_logs_days": (lambda v: v >= 0, "a number of days >= 0 (0 = keep forever)"),
+    "retention.jobs_days": (lambda v: v >= 0, "a number of days >= 0 (0 = keep forever)"),
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}
+#: The most any ``*_s`` setting may be: more overflows Python's timedelta and sleep.
+_MAX_SECONDS = 3660 * 86400
 
 
 def env_var_name(key: str) -> str:
@@ -377,6 +405,10 @@ def _check(key: _Key, value: object, origin: _Origin) -> object:
     limit = _LIMITS.get(key.dotted)
     if limit is not None and not limit[0](cast(float, converted)):
         fail("is out of range", limit[1])
+    if key.dotted.endswith("_s") and cast(float, converted) > _MAX_SECONDS:
+        fail("is out of range", f"at most {_MAX_SECONDS:,} seconds (10 years)")
+    if isinstance(converted, str) and "\x00" in converted:  # no path or URL may hold one
+        fail("holds a NUL character", expected + " without NUL characters")
     return converted
 
 
@@ -386,7 +418,7 @@ def _key_lines(text: str) -> dict[str, int]:
     table: list[str] = []
     part = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
     path = rf"{part}(?:\s*\.\s*{part})*"
-    header = re.compile(rf"^\s*\[\s*({path})\s*\]")
+    header = re.compile(rf"^\s*\[\[?\s*({path})\s*\]")  # [table] or [[array of tables]]
     assign = re.compile(rf"^\s*({path})\s*=")
 
     def split(dotted: str) -> list[str]:
@@ -424,7 +456,7 @@ def _file_values(path: Path, given_by: str, errors: list[str], sites: list[SiteC
     import tomllib  # only when a file is actually read
 
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # -sig: a BOM some editors write
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"cannot read config file {path} (from {given_by}): {exc}. "
@@ -432,7 +464,7 @@ def _file_values(path: Path, given_by: str, errors: list[str], sites: list[SiteC
         ) from exc
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # Recursion: arrays nested deep
         raise ConfigError(
             f"{path}: invalid TOML: {exc}. Fix the syntax there "
             "(see config/ecoq.example.toml for every key)."
@@ -441,7 +473,10 @@ def _file_values(path: Path, given_by: str, errors: list[str], sites: list[SiteC
     values: _Layer = {}
 
     def origin(dotted: str) -> _Origin:
-        line = lines.get(dotted)
+        # A key of an inline table (`planner = {min_saving = 2}`) has no line: its table's.
+        parts = dotted.split(".")
+        found = (lines.get(".".join(parts[:n])) for n in range(len(parts), 0, -1))
+        line = next((n for n in found if n), None)
         at = f"{path}:{line}" if line else str(path)
         fix = f"edit {path}" + (f" line {line}" if line else "")
         return _Origin(f"file {at}", at, fix, coerce=False)
@@ -454,6 +489,8 @@ def _file_values(path: Path, given_by: str, errors: list[str], sites: list[SiteC
             o = origin(section)
             homes = [f"[{k.section}] {k.name}" for k in schema.values() if k.name == section]
             hint = f"did you mean {' or '.join(homes)}? " if homes else ""
+            if section in SECTIONS:  # `[[planner]]` or `planner = 1`
+                hint = f"[{section}] must be one table, not an array of tables or a value; "
             hint = hint or _suggest(section, list(SECTIONS))
             errors.append(
                 f"{o.where}: {section!r} is not a section; {hint}sections are tables "
@@ -632,7 +669,7 @@ def load_settings(
         o = origins.get(dotted)
         at = f"{o.where}: " if o else ""
         fix = o.fix if o else f"set {dotted}"
-        if not url.startswith(("https://", "http://")):
+        if not url.startswith(("https://", "http://")) or not url.isprintable() or " " in url:
             errors.append(f"{at}{dotted} = {url!r} is not an http(s) URL. Fix: {fix}.")
         elif url.endswith("/v3"):
             errors.append(

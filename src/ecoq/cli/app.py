@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ecoq.scheduler.queue import Queue
     from ecoq.scheduler.sites import Site
     from ecoq.scheduler.slurmdriver import SlurmDriver
+    from ecoq.shared.client import Client
     from ecoq.views import JobView, Reader
 
 app = typer.Typer(
@@ -39,7 +40,8 @@ config_app = typer.Typer(help="Show the effective configuration.", no_args_is_he
 app.add_typer(config_app, name="config")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-JobId = Annotated[int, typer.Argument(help="Job id (see `ecoq queue`).")]
+#: Ids fit a 32-bit INTEGER column (PostgreSQL's), so a huge one is refused here, not by SQL.
+JobId = Annotated[int, typer.Argument(help="Job id (see `ecoq queue`).", min=0, max=2**31 - 1)]
 
 
 class _State:
@@ -105,10 +107,38 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def shared_client() -> "Client | None":
+    """The shared daemon's client when this command goes through its socket: `shared.socket`
+    is set and the caller is not root (root reads the database itself); else None."""
+    import os
+
+    path = settings().shared.socket
+    if not path or os.geteuid() == 0:
+        return None
+    from ecoq.shared.client import Client
+    from ecoq.shared.protocol import check_socket_path
+
+    return Client(check_socket_path(path))
+
+
+def _direct_only() -> None:
+    """Refuse to open the database where only the shared daemon may (a user on a shared box)."""
+    import os
+
+    if settings().shared.socket and os.geteuid() != 0:
+        from ecoq.errors import ConfigError
+
+        raise ConfigError(
+            f"on this shared box only the ecoq daemon ({settings().shared.socket}) reads the "
+            "database, and this command needs it directly; ask an admin to run it as root"
+        )
+
+
 def open_queue() -> "Queue":
     from ecoq.db import open_engine
     from ecoq.scheduler.queue import Queue
 
+    _direct_only()
     return Queue(open_engine(settings().database_url))
 
 
@@ -117,6 +147,7 @@ def open_reader() -> "Reader | None":
     SQLite file; None when no database exists yet (so there are no jobs)."""
     from ecoq.views import fast_reader, sqlite_path
 
+    _direct_only()
     url = settings().database_url
     reader = fast_reader(url)
     path = sqlite_path(url)
@@ -131,6 +162,9 @@ def load_job(job_id: int) -> "JobView":
     from ecoq.errors import JobNotFound
     from ecoq.views import get_job
 
+    client = shared_client()
+    if client is not None:
+        return client.get_job(job_id)
     reader = open_reader()
     job = get_job(reader, job_id) if reader is not None else None
     if job is None:
@@ -164,6 +198,7 @@ def forecast_source(*, provider: str | None = None) -> "ForecastSource":
     from ecoq.forecasting.bundled import BundledProvider
     from ecoq.scheduler.forecasts import ChainSettings, ForecastSource, ForecastStore
 
+    _direct_only()  # the forecast cache is in the database
     cfg = settings().forecast
     names = [provider] if provider else provider_chain(cfg.provider)
     return ForecastSource(

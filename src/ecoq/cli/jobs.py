@@ -23,6 +23,7 @@ from ecoq.cli.app import (
     planner_sites,
     print_json,
     settings,
+    shared_client,
     utcnow,
 )
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ecoq.scheduler.queue import JobSpec, Queue
+    from ecoq.shared.client import Client
 
 SUBMIT_EPILOG = examples(
     "ecoq submit train.sh --deadline 12h --duration 2h --zone DE",
@@ -105,11 +107,8 @@ def submit(
     import getpass
 
     from ecoq.config import CREDENTIAL_ENV_VARS
-    from ecoq.errors import ValidationError
     from ecoq.parsing import parse_duration, parse_when, resolve_script
-    from ecoq.render import span as span_text
-    from ecoq.scheduler.jobspec import JobSpec, parse_signal, validate_spec
-    from ecoq.views import JobView
+    from ecoq.scheduler.jobspec import JobSpec, parse_signal
 
     with errors():
         cfg = settings()
@@ -134,7 +133,9 @@ def submit(
             deadline=deadline_at,
             duration=span,
             duration_source=span_source,
-            name=name or Path(resolved.path).name,
+            # a file name's non-UTF-8 bytes (surrogates) cannot be stored as text: shown as �
+            name=name
+            or Path(resolved.path).name.encode(errors="surrogateescape").decode(errors="replace"),
             project=project,
             gpus=gpus,
             not_before=not_before_at,
@@ -148,31 +149,15 @@ def submit(
             checkpoint_signal=parse_signal(checkpoint_signal) if checkpoint_signal else None,
             resume_command=_resume_argv(resume, cwd) if resume is not None else None,
         )
-        queue = None
-        if duration is None and open_reader() is not None:  # no database: nothing to learn
-            queue = open_queue()
-            learned = queue.learned_duration_s(argv)
-            if learned is not None:  # runs under a second learn 1 s, never 0
-                spec = _with_duration(spec, timedelta(seconds=max(1, learned)), "learned")
-        try:
-            validate_spec(spec, now, box_gpus=_most_gpus())
-        except ValidationError as exc:
-            if spec.duration_source == "user" or "--duration" not in str(exc):
-                raise
-            origin = {
-                "learned": "the median of earlier runs of this command",
-                "default": "planner.default_duration_s",
-            }[spec.duration_source]
-            raise ValidationError(
-                f"{exc} (no --duration was given, so the job's duration is {origin}: "
-                f"{span_text(spec.duration.total_seconds())}; pass --duration)"
-            ) from None
-        queue = queue or open_queue()
-        plan = _preview_plan(queue, spec, now)
-        job = queue.submit(spec)
-        assert job.id is not None
-        queue.set_plan(job.id, **plan)
-        view = JobView.from_model(queue.get(job.id))
+        client = shared_client()
+        if client is not None:  # a shared box: its daemon stores the job, to run as this user
+            from ecoq.shared.protocol import SubmitRequest
+
+            view = client.submit(SubmitRequest.from_spec(spec, duration_given=duration is not None))
+        else:
+            from ecoq.cli.submission import store_job
+
+            view = store_job(spec, now)
     if json_out:
         print_json(view.to_json())
     else:
@@ -296,8 +281,12 @@ def queue_cmd(
     from ecoq.views import list_jobs
 
     with errors():
-        reader = open_reader()
-        jobs = list_jobs(reader, include_finished=all_jobs) if reader is not None else []
+        client = shared_client()
+        if client is not None:  # a shared box: the caller's own jobs (an admin's: everyone's)
+            jobs = client.list_jobs(include_finished=all_jobs)
+        else:
+            reader = open_reader()
+            jobs = list_jobs(reader, include_finished=all_jobs) if reader is not None else []
     if json_out:
         print_json([j.to_json() for j in jobs])
         return
@@ -327,10 +316,18 @@ def show(
     from ecoq.render import show_lines
 
     with errors():
-        job = load_job(job_id)
-        if plot is not None:
-            write_job_plot(job_id, plot)
-        accounting = accounting_lines(job_id) if not json_out else []
+        client = shared_client()
+        if client is not None:  # a shared box: only the caller's own jobs (or an admin's)
+            if plot is not None:
+                from ecoq.errors import UsageError
+
+                raise UsageError("--plot reads the database; on a shared box run it as root")
+            job, accounting = client.show(job_id)
+        else:
+            job = load_job(job_id)
+            if plot is not None:
+                write_job_plot(job_id, plot)
+            accounting = accounting_lines(job_id) if not json_out else []
     if json_out:
         print_json(job.to_json())
         return
@@ -342,9 +339,13 @@ def show(
 
 def _request(action: str, job_id: int) -> None:
     with errors():
-        load_job(job_id)  # an unknown id is refused without creating a database
-        queue = open_queue()
-        outcome = getattr(queue, action)(job_id)
+        client = shared_client()
+        if client is not None:  # a shared box: the daemon checks the job is the caller's
+            outcome = client.request(action, job_id)
+        else:
+            load_job(job_id)  # an unknown id is refused without creating a database
+            queue = open_queue()
+            outcome = getattr(queue, action)(job_id)
     verbs = {
         "cancelled": f"job {job_id} cancelled",
         "held": f"job {job_id} held: it will not start until `ecoq release {job_id}`",
@@ -419,6 +420,10 @@ def logs(
     from ecoq.views import latest_run_dir
 
     with errors():
+        client = shared_client()
+        if client is not None:  # a shared box: the daemon reads the caller's own job's output
+            _shared_logs(client, job_id, follow)
+            return
         job = load_job(job_id)
         reader = open_reader()
         run_dir = latest_run_dir(reader, job_id) if reader is not None else None
@@ -437,6 +442,29 @@ def logs(
                 return
             time.sleep(0.5)
             job = load_job(job_id)
+
+
+def _shared_logs(client: "Client", job_id: int, follow: bool) -> None:
+    """`ecoq logs` through the shared daemon, a chunk a call (raises what the client raises)."""
+    import sys
+
+    from ecoq.shared.protocol import LOG_CHUNK_BYTES
+    from ecoq.states import TERMINAL
+
+    offset = 0
+    while True:
+        chunk = client.logs(job_id, offset)
+        if not chunk.has_run and not follow:
+            typer.echo(f"job {job_id} is {chunk.state} and has no output yet", err=True)
+            return
+        sys.stdout.buffer.write(chunk.data)
+        sys.stdout.flush()
+        offset = chunk.offset
+        if len(chunk.data) == LOG_CHUNK_BYTES:
+            continue  # a full chunk: more may be waiting
+        if not follow or chunk.state in TERMINAL:  # the state was read before the output
+            return
+        time.sleep(0.5)
 
 
 def _print_from(path: Path, offset: int) -> int:

@@ -162,7 +162,7 @@ def forecast(
         zone_name = zone or cfg.site.zone
         if not zone_name:
             raise ValidationError("no zone given; pass --zone, e.g. --zone DE (`ecoq zones`)")
-        if hours <= 0 or hours > 24 * 31:
+        if not 0 < hours <= 24 * 31:  # also refuses NaN
             raise ValidationError(f"--hours {hours:g} must be more than 0 and at most 744 (31 d)")
         zone_name = canonical_zone(zone_name, provider=provider)
         span = parse_duration(duration) if duration else None

@@ -23,6 +23,11 @@ class LaunchSpec:
     `argv` is executed directly (never through a shell); `env` is the job's complete environment
     (nothing is inherited from the daemon); `run_dir` is this run's private directory, which
     holds the run's records and its `output.log`, and must be fresh (one run per directory).
+
+    `uid` is the user the job runs as: its submitter (`Job.uid`). A daemon running as root
+    starts the job as that user, with the user's primary group (or `gid`) and supplementary
+    groups; None, or the daemon's own uid, runs it as the daemon's user. On a shared box the
+    executor's `RunAs` policy makes the switch mandatory (`ecoq.scheduler.executors.identity`).
     """
 
     job_id: int
@@ -31,6 +36,8 @@ class LaunchSpec:
     cwd: str
     env: dict[str, str] = field(repr=False)  # may be large; kept out of log lines
     run_dir: Path
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)

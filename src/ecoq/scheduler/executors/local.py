@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ecoq.errors import ExecutorError
+from ecoq.faults import fault
 from ecoq.scheduler.executors import Executor, Launched, LaunchSpec, RunState, RunStatus
+from ecoq.scheduler.executors.identity import Identity, RunAs, make_traversable, resolve
 from ecoq.scheduler.executors.wrapper import (
     EXIT_FILE,
     FORMAT_VERSION,
@@ -48,8 +50,10 @@ WRAPPER_MODULE = "ecoq.scheduler.executors.wrapper"
 _POLL_S = 0.05
 
 
-def write_spec(spec: LaunchSpec) -> None:
+def write_spec(spec: LaunchSpec, run_as: Identity | None = None) -> None:
     """Create `spec.run_dir` (0700, parents too) and write `spec.json` atomically.
+
+    `run_as` is the user the wrapper starts the job as (None: the wrapper's own user).
 
     Raises ExecutorError if the spec is malformed or the directory already holds a run
     (a run directory is never reused: that could start a job twice), OSError on I/O failure.
@@ -78,6 +82,7 @@ def write_spec(spec: LaunchSpec) -> None:
             "cwd": spec.cwd,
             "env": dict(spec.env),
             "created_at": utc_now_iso(),
+            **({"run_as": run_as.to_json()} if run_as is not None else {}),
         },
     )
 
@@ -126,11 +131,14 @@ class LocalExecutor:
     """Runs jobs on this machine, each under `python -m ecoq.scheduler.executors.wrapper`.
 
     `python` is the interpreter that runs the wrapper (it must be able to import ecoq).
-    Linux only. Not thread-safe; one daemon owns a run directory.
+    `run_as` is the shared-box policy: every job runs as its submitter, never as root (see
+    `ecoq.scheduler.executors.identity`); without it a root daemon still starts a job as the
+    `uid` its spec names. Linux only. Not thread-safe; one daemon owns a run directory.
     """
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, *, run_as: RunAs | None = None) -> None:
         self.python = python
+        self.run_as = run_as
         self._wrappers: list[subprocess.Popen[bytes]] = []
 
     def launch(self, spec: LaunchSpec) -> Launched:
@@ -140,15 +148,20 @@ class LocalExecutor:
         `wrapper.log`, so neither killing this process (even SIGKILL, or its whole process
         group) nor closing its terminal affects the wrapper or the job. Raises ExecutorError
         naming the job and the OS error if the spec cannot be written or the wrapper cannot
-        be spawned (then the run is abandoned: it will never start).
+        be spawned (then the run is abandoned: it will never start), or the job may not run as
+        its user (shared box: no owner, root, or an unknown uid; nothing is written then).
         """
         self.reap()
         spec = replace(spec, run_dir=spec.run_dir.absolute())
         label = f"job {spec.job_id} (run {spec.run_id})"
+        identity = resolve(spec.job_id, spec.uid, spec.gid, self.run_as, euid=os.geteuid())
         try:
-            write_spec(spec)
+            write_spec(spec, identity)
+            if identity is not None:
+                make_traversable(spec.run_dir, self.run_as.data_dir if self.run_as else None)
         except OSError as exc:
             raise ExecutorError(f"{label}: cannot write {spec.run_dir / SPEC_FILE}: {exc}") from exc
+        fault("launch-spec")
         try:
             log_fd = os.open(
                 spec.run_dir / WRAPPER_LOG,
@@ -175,6 +188,7 @@ class LocalExecutor:
                 "Python can import ecoq"
             ) from exc
         self._wrappers.append(wrapper)
+        fault("launch-after")
         return Launched(wrapper_pid=wrapper.pid, started_at=datetime.now(UTC))
 
     def status(self, run_dir: Path) -> RunStatus:

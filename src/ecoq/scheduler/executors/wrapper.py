@@ -4,7 +4,11 @@ Started (detached) by `LocalExecutor.launch`. It reads `RUN_DIR/spec.json`, take
 start token (if the daemon abandoned the run first, it exits 0 without running anything),
 starts the job in its own session and process group, records `started.json`, waits, kills
 what is left of the job's process group once the job's main process has exited, and records
-`exit.json`. SIGHUP, SIGINT and SIGTERM do not stop the wrapper: cancels go to the job's
+`exit.json`. When the spec names a user (`run_as`: a root daemon starting a user's job), the job
+runs as that user: its groups, gid and uid are set, in that order, before it changes to its
+working directory and is executed, so the directory and the program are checked with the
+user's rights; its `output.log` and `marks.jsonl` belong to the user, every other record to the
+wrapper. SIGHUP, SIGINT and SIGTERM do not stop the wrapper: cancels go to the job's
 process group, and the wrapper stays to record the outcome.
 
 Stdlib only, so that it starts fast; `local.py` imports the file names and helpers from here.
@@ -23,12 +27,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ecoq.scheduler.executors.identity import Identity
+
 SPEC_FILE = "spec.json"
 TOKEN_FILE = "start.token"
 STARTED_FILE = "started.json"
 EXIT_FILE = "exit.json"
 OUTPUT_LOG = "output.log"
 WRAPPER_LOG = "wrapper.log"
+#: `ecoq.track`'s records, written by the job itself (ecoq.track.MARKS_FILE; a test keeps them
+#: equal). Created by the wrapper and given to the job's user when the job runs as another user.
+MARKS_FILE = "marks.jsonl"
+#: The umask of a job started as another user (that of a login shell; the daemon's is 077).
+JOB_UMASK = 0o022
 FORMAT_VERSION = 1
 EXIT_ECOQ_FAILED = 125  # as `ecoq meter`: ecoq itself failed
 EXIT_CANNOT_EXECUTE = 126
@@ -135,7 +146,7 @@ def boot_id() -> str:
         return ""
 
 
-def _read_spec(run_dir: Path) -> tuple[list[str], str, dict[str, str]]:
+def _read_spec(run_dir: Path) -> tuple[list[str], str, dict[str, str], Identity | None]:
     spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
     argv, cwd, env = spec["argv"], spec["cwd"], spec["env"]
     if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
@@ -144,7 +155,8 @@ def _read_spec(run_dir: Path) -> tuple[list[str], str, dict[str, str]]:
         raise ValueError("cwd is not a string")
     if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
         raise ValueError("env is not a mapping of strings")
-    return argv, cwd, env
+    run_as = spec.get("run_as")
+    return argv, cwd, env, None if run_as is None else Identity.from_json(run_as)
 
 
 def _record_exit(
@@ -191,10 +203,99 @@ def _start_failure(exc: Exception, argv: list[str], cwd: str) -> tuple[int, str]
     return code, f"cannot execute {argv[0]!r}: {detail}"
 
 
+class _SwitchFailed(Exception):
+    """The job could not be given to its user (ecoq's failure, exit 125); the message says why."""
+
+
+class _Forked:
+    """A child started by `_spawn_as`; `wait()` returns as `Popen.wait` does (-N: signal N)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def wait(self) -> int:
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
+def _give_files(run_dir: Path, out_fd: int, user: Identity) -> None:
+    """Hand the files the job writes (its output, its marks) to its user."""
+    try:
+        os.fchown(out_fd, user.uid, user.gid)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(run_dir / MARKS_FILE, flags, 0o600)
+        try:
+            os.fchown(fd, user.uid, user.gid)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _SwitchFailed(f"cannot give the job's files to user {user.user}: {exc}") from exc
+
+
+def _become(user: Identity) -> None:
+    """In the child: drop every privilege for `user`'s (groups first: only root may set them)."""
+    os.setgroups(list(user.groups))
+    os.setgid(user.gid)
+    os.setuid(user.uid)  # as root: real, effective and saved uid, so there is no way back
+    if user.uid != 0 and (os.getresuid() != (user.uid,) * 3 or os.getresgid() != (user.gid,) * 3):
+        raise PermissionError(1, "the uid or gid did not change")
+
+
+def _spawn_as(
+    argv: list[str], cwd: str, env: dict[str, str], out_fd: int, user: Identity
+) -> _Forked:
+    """Start `argv` as `user` in a new session, as `subprocess.Popen(start_new_session=True)`
+    would, but changing to `cwd` only after the switch (Popen changes directory first, as root,
+    which would let a job start inside a folder its user may not enter).
+
+    Raises OSError (its `filename` is `cwd` or the program) when the directory or the program
+    fails, _SwitchFailed when the user cannot be taken on.
+    """
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)  # closes on a successful exec: EOF means "ran"
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        stage = "switch"
+        try:
+            os.setsid()
+            for target, fd in ((0, null), (1, out_fd), (2, out_fd)):
+                os.dup2(fd, target)  # dup2's copies are inheritable
+            os.closerange(3, report_w)
+            os.closerange(report_w + 1, os.sysconf("SC_OPEN_MAX"))
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; exec keeps that
+                signal.signal(sig, signal.SIG_DFL)
+            os.umask(JOB_UMASK)
+            _become(user)
+            stage = "cwd"
+            os.chdir(cwd)
+            stage = "exec"
+            os.execvpe(argv[0], argv, env)
+        except BaseException as exc:  # the child must report and exit, whatever happened
+            error = exc if isinstance(exc, OSError) else OSError(0, repr(exc))
+            report = {"stage": stage, "errno": error.errno, "strerror": error.strerror}
+            with contextlib.suppress(BaseException):
+                os.write(report_w, json.dumps(report).encode())
+        finally:
+            os._exit(EXIT_ECOQ_FAILED)
+    os.close(report_w)
+    os.close(null)
+    with os.fdopen(report_r, "rb") as fh:
+        data = fh.read()
+    if not data:
+        return _Forked(pid)
+    os.waitpid(pid, 0)
+    report = json.loads(data)
+    detail = report.get("strerror") or "failed"
+    if report.get("stage") == "switch":
+        raise _SwitchFailed(f"cannot start the job as user {user.user} (uid {user.uid}): {detail}")
+    where = cwd if report.get("stage") == "cwd" else argv[0]
+    raise OSError(report.get("errno") or 0, detail, where)
+
+
 def run(run_dir: Path) -> int:
     """Run the job described in `run_dir` once; returns the wrapper's own exit status."""
+    run_as: Identity | None = None
     try:
-        argv, cwd, env = _read_spec(run_dir)
+        argv, cwd, env, run_as = _read_spec(run_dir)
         bad_spec = None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         argv, cwd, env = [], "", {}
@@ -209,19 +310,29 @@ def run(run_dir: Path) -> int:
     out_fd = os.open(
         run_dir / OUTPUT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
     )
+    child: subprocess.Popen[bytes] | _Forked
     try:
+        if run_as is not None:
+            _give_files(run_dir, out_fd, run_as)
         if not argv:
             raise FileNotFoundError(0, "empty command")
-        child = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own session and process group: pgid == child pid
-            close_fds=True,
-        )
+        if run_as is not None:
+            child = _spawn_as(argv, cwd, env, out_fd, run_as)
+        else:
+            child = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out_fd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own session and process group: pgid == child pid
+                close_fds=True,
+            )
+    except _SwitchFailed as exc:
+        os.write(out_fd, f"ecoq: {exc}\n".encode(errors="replace"))
+        _record_exit(run_dir, EXIT_ECOQ_FAILED, reason=str(exc))
+        return 0
     except (OSError, ValueError) as exc:
         code, reason = _start_failure(exc, argv or [""], cwd)
         os.write(out_fd, f"ecoq: {reason}\n".encode(errors="replace"))
