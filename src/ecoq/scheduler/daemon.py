@@ -323,6 +323,7 @@ class Daemon(Reaping):
             cwd=job.cwd,
             env=env,
             run_dir=run_dir,
+            uid=job.uid,  # its submitter: a root daemon (shared box) starts it as them
         )
         try:
             launched = self.executor.launch(spec)

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from ecoq.db import session
 from ecoq.errors import ValidationError
 from ecoq.faults import fault
-from ecoq.models import DaemonRow, Job
+from ecoq.models import DaemonRow, Job, Run
 from ecoq.scheduler.jobspec import JobSpec, parse_signal, validate_spec
 from ecoq.scheduler.queue_core import Clock, DaemonSide, utcnow
 from ecoq.states import ACTIVE, TERMINAL, WAITING, JobState
@@ -220,6 +220,18 @@ class Queue(DaemonSide):
             moved = bool(s.execute(stmt).rowcount == 1)  # type: ignore[attr-defined]
             s.commit()
         return moved
+
+    def started_remotely(self, job_id: int, run_id: int, started_at: datetime) -> None:
+        """Record when a job the daemon released to Slurm really started (it may wait in
+        Slurm's queue after the claim): the job's start, its segment's and its run's."""
+        with session(self.engine) as s:
+            s.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.state) == str(S.RUNNING))
+                .values(started_at=started_at, segment_started_at=started_at)
+            )
+            s.execute(update(Run).where(col(Run.id) == run_id).values(started_at=started_at))
+            s.commit()
 
     def adopt(self, job_id: int, lost: str, me: str) -> bool:
         """Take over an active job of the lost daemon `lost` (a Slurm job: Slurm still runs

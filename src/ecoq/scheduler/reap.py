@@ -50,6 +50,10 @@ class Reaping:
             assert job.id is not None and run.id is not None
             slurm = self._slurm_executor(job)
             status = self._executor_for(job).status(Path(run.run_dir))
+            if slurm is not None and status.started_at is not None and run.started_at is None:
+                # Released to Slurm at the claim; it may have waited there for a node.
+                self.queue.started_remotely(job.id, run.id, status.started_at)
+                run.started_at = job.started_at = job.segment_started_at = status.started_at
             if status.state in ("exited", "vanished") and slurm is not None:
                 assert self.slurm is not None
                 energy_j = self.slurm.finished(job, run)

@@ -169,6 +169,7 @@ class SlurmDriver:
             env={**job.env, "ECOQ_JOB_ID": str(job.id), "ECOQ_RUN_DIR": str(run_dir)}
             | {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
             run_dir=run_dir,
+            uid=job.uid,
         )
         try:
             ex.submit(spec, start=job.planned_start, gpus=job.gpus, hold=True)
