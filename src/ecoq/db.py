@@ -124,11 +124,26 @@ def migrate(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     try:
-        with engine.begin() as conn:
-            if armed("migrate-statement"):
-                event.listen(conn, "after_cursor_execute", lambda *_: fault("migrate-statement"))
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                # Altering a SQLite table rebuilds it (copy, drop, rename), and dropping `jobs`
+                # fails while enforced foreign keys point at it. The switch is ignored inside a
+                # transaction, so it is set before BEGIN and checked before COMMIT, as SQLite's
+                # own procedure for table rebuilds says.
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+            with conn.begin():
+                if armed("migrate-statement"):
+                    event.listen(
+                        conn, "after_cursor_execute", lambda *_: fault("migrate-statement")
+                    )
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise DatabaseError(
+                        "the schema upgrade would leave rows whose foreign keys point nowhere; "
+                        "nothing was changed"
+                    )
     except SQLAlchemyError as exc:
         raise DatabaseError(
             f"cannot migrate database {engine.url.render_as_string(hide_password=True)}: {exc}"

@@ -38,11 +38,6 @@ POINTS: dict[str, str] = {
     "update-run": "Queue.update_run committed (start, wrapper pid, requeue, energy, SIGTERM)",
     "transition": "a compare-and-set state change committed (requeue, pause, resume)",
     "plans-txn": "Queue.set_plans wrote the plans, before the commit",
-    # Points in ecoq.scheduler.daemon (placed by the daemon's owner):
-    "tick-start": "Daemon.tick, after the heartbeat",
-    "reap-exited": "Daemon._reap read an exit record, before Queue.finish",
-    "requeue-between": "Daemon._reap closed an abandoned run, before requeueing its job",
-    "tick-end": "Daemon.tick, after accounting",
 }
 
 _hits: dict[str, int] = {}

@@ -247,6 +247,7 @@ def plan_batch(
                     out.append((job, _unplanned(job, now, f"cannot plan: {exc}", zone)))
             continue
         note = ""
+        asked = list(requests)  # before `_no_forecast` moves the earliest start (plan_asap)
         if forecast is None:
             requests = [_no_forecast(r, params) for r in requests]
             note = f"no forecast for {zone}: start per fail_policy={params.fail_policy}"
@@ -262,10 +263,10 @@ def plan_batch(
         )
         if forecast is not None:
             placed = _with_runner_ups(requests, placed, site.site(zone), forecast, fallback, now)
-        for job, request, p in zip(jobs, requests, placed, strict=True):
+        for job, request, original, p in zip(jobs, requests, asked, placed, strict=True):
             threshold = params.min_saving if request.min_saving is None else request.min_saving
             fields = _fields(job, p, forecast, now, note, threshold)
-            fields["plan_asap"] = _asap(request, p)
+            fields["plan_asap"] = _asap(original, p)
             fields["site"] = None  # any daemon sharing the database may start it
             out.append((job, fields))
             taken.extend(_held_by(job, p, site.name))

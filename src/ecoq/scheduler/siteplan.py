@@ -142,12 +142,14 @@ def plan_sites(
         if fallback is not None:
             fallbacks[zone] = fallback
     notes: dict[int, str] = {}
+    asked: dict[int, JobRequest] = {}  # before `_no_forecast` moves the start (plan_asap)
     for i in todo_ok:
         names = allowed[i]
         scored = [n for n in names if _zone_of(sites, n) in forecasts]
         request = replace(requests[i], sites=tuple(scored or names))
         if todo[i].interruptible and all(_kind(sites, n) == "slurm" for n in request.sites):
             request = replace(request, interruptible=False)
+        asked[i] = request
         if not scored:
             request = _no_forecast(request, params)
             notes[i] = trouble.get(_zone_of(sites, names[0]), "no forecast")
@@ -168,7 +170,7 @@ def plan_sites(
         job = todo[i]
         threshold = params.min_saving if request.min_saving is None else request.min_saving
         fields = _fields(job, p, forecasts.get(p.zone), now, notes.get(i, ""), threshold)
-        fields["plan_asap"] = _asap(request, p)
+        fields["plan_asap"] = _asap(asked[i], p)
         fields["site"] = p.site
         fields["plan_runner_up_zone"] = (
             _zone_of(sites, p.runner_up_site) if p.runner_up_site else None
