@@ -8,6 +8,7 @@ live here: see `CREDENTIAL_ENV_VARS`.
 import dataclasses
 import difflib
 import functools
+import json
 import math
 import os
 import re
@@ -40,6 +41,20 @@ EmissionFactor = Literal["lifecycle", "direct"]
 _URL_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@?#]*):.*@")  # greedy: over-redact, never leak
 #: libpq also takes the password as a query parameter: ``postgresql://u@h/db?password=...``
 _QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pass|pwd)=)[^&#]*", re.IGNORECASE)
+
+
+def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """A job's environment from its submitter's `environ`: without ecoq's credential variables,
+    and without ecoq's database URL when it holds a password (a job that runs ecoq itself can
+    take the password from ``~/.pgpass``)."""
+    return {
+        k: v
+        for k, v in environ.items()
+        if k not in CREDENTIAL_ENV_VARS and not (k in _DATABASE_ENV_VARS and redact_url(v) != v)
+    }
+
+
+_DATABASE_ENV_VARS = frozenset({"ECOQ_DATABASE_URL", "ECOQ_DATABASE__URL"})
 
 
 def redact_url(url: str) -> str:
@@ -272,9 +287,14 @@ def setting_value(settings: "Settings", key: str) -> Any:
     return value
 
 
+#: The most GPUs or jobs a site may count: more is no real machine, and the daemon loops over them
+_MAX_COUNT = 1_000_000
 #: Range checks: "section.key" -> (predicate, what is expected).
 _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "site.gpus": (lambda v: v >= -1, "an integer >= -1 (-1 = detect, 0 or more = that many GPUs)"),
+    "site.gpus": (
+        lambda v: -1 <= v <= _MAX_COUNT,
+        f"an integer >= -1 and at most {_MAX_COUNT:,} (-1 = detect, 0 or more = that many GPUs)",
+    ),
     "planner.min_saving": (lambda v: 0 <= v <= 1, "a fraction between 0 and 1 (0.02 = 2 %)"),
     "planner.default_duration_s": (lambda v: v > 0, "a number of seconds > 0"),
     "forecast.max_age_s": (lambda v: v > 0, "a number of seconds > 0"),
@@ -285,7 +305,10 @@ _LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
     "daemon.tick_interval_s": (lambda v: v > 0, "a number of seconds > 0"),
     "daemon.kill_grace_s": (lambda v: v >= 0, "a number of seconds >= 0"),
     "daemon.stale_after_s": (lambda v: v > 0, "a number of seconds > 0"),
-    "site.max_jobs": (lambda v: v >= 0, "an integer >= 0 (0 = no limit beyond the GPUs)"),
+    "site.max_jobs": (
+        lambda v: 0 <= v <= _MAX_COUNT,
+        f"an integer >= 0 and at most {_MAX_COUNT:,} (0 = no limit beyond the GPUs)",
+    ),
     "site.pue": (lambda v: v >= 1, "a number >= 1 (1.0 = no facility overhead)"),
     "site.idle_w_per_gpu": (lambda v: v >= 0, "a number of watts >= 0"),
     "meters.interval_s": (lambda v: v > 0, "a number of seconds > 0"),
@@ -407,6 +430,8 @@ def _check(key: _Key, value: object, origin: _Origin) -> object:
         fail("is out of range", limit[1])
     if key.dotted.endswith("_s") and cast(float, converted) > _MAX_SECONDS:
         fail("is out of range", f"at most {_MAX_SECONDS:,} seconds (10 years)")
+    if key.type is int and abs(cast(int, converted)) > 2**31 - 1:  # SQL INTEGER, C int
+        fail("is out of range", "an integer of at most 2,147,483,647")
     if isinstance(converted, str) and "\x00" in converted:  # no path or URL may hold one
         fail("holds a NUL character", expected + " without NUL characters")
     return converted
@@ -416,15 +441,24 @@ def _key_lines(text: str) -> dict[str, int]:
     """Map each dotted key path and table header in TOML `text` to its first line (1-based)."""
     lines: dict[str, int] = {}
     table: list[str] = []
-    part = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+    part = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
     path = rf"{part}(?:\s*\.\s*{part})*"
     header = re.compile(rf"^\s*\[\[?\s*({path})\s*\]")  # [table] or [[array of tables]]
     assign = re.compile(rf"^\s*({path})\s*=")
 
-    def split(dotted: str) -> list[str]:
-        return [p.strip().strip("\"'") for p in re.findall(part, dotted)]
+    def key(raw: str) -> str:
+        if raw.startswith('"'):  # a basic string: its escapes (\u001f, \") mean characters
+            try:
+                return str(json.loads(raw))
+            except ValueError:  # TOML's \UXXXXXXXX, unknown to JSON: near enough
+                pass
+        return raw.strip("\"'")
 
-    for number, line in enumerate(text.splitlines(), start=1):
+    def split(dotted: str) -> list[str]:
+        return [key(p.strip()) for p in re.findall(part, dotted)]
+
+    # TOML ends lines with \n only; splitlines() would also split at \x85, \u2028, \x0c...
+    for number, line in enumerate(text.split("\n"), start=1):
         if m := header.match(line):
             table = split(m.group(1))
             lines.setdefault(".".join(table), number)
@@ -444,7 +478,12 @@ def _find_file(config_file: Path | None, env: Mapping[str, str]) -> tuple[Path |
     else:
         path = user_config_path(env)
         return (path, "the user config file") if path.exists() else (None, "")
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long for the file system
+        msg = f"config file {path} (from {given_by}): {exc.strerror}. Fix: {fix}."
+        raise ConfigError(msg) from None
+    if not exists:
         raise ConfigError(f"config file {path} (from {given_by}) does not exist. Fix: {fix}.")
     return path, given_by
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
@@ -33,7 +33,7 @@ def make_engine(url: str) -> Engine:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise DatabaseError(
-            f"database URL {url!r} is not a valid SQLAlchemy URL ({exc}); "
+            f"database URL {_redact(url)!r} is not a valid SQLAlchemy URL ({exc}); "
             "fix database.url or ECOQ_DATABASE_URL"
         ) from exc
     if parsed.get_backend_name() != "sqlite":
@@ -41,7 +41,7 @@ def make_engine(url: str) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         except (ImportError, SQLAlchemyError) as exc:
             raise DatabaseError(
-                f"cannot use database {parsed.render_as_string(hide_password=True)}: {exc}; "
+                f"cannot use database {_shown(parsed)}: {exc}; "
                 "for PostgreSQL install `ecoq[postgres]`"
             ) from exc
         _arm_faults(engine)
@@ -145,9 +145,18 @@ def migrate(engine: Engine) -> None:
                         "nothing was changed"
                     )
     except SQLAlchemyError as exc:
-        raise DatabaseError(
-            f"cannot migrate database {engine.url.render_as_string(hide_password=True)}: {exc}"
-        ) from exc
+        raise DatabaseError(f"cannot migrate database {_shown(engine.url)}: {exc}") from exc
+
+
+def _shown(url: URL) -> str:
+    """`url` for messages: no password, in the user part or the query (``?password=``)."""
+    return _redact(url.render_as_string(hide_password=True))
+
+
+def _redact(url: str) -> str:
+    from ecoq.config import redact_url
+
+    return redact_url(url)
 
 
 def open_engine(url: str) -> Engine:
@@ -161,7 +170,7 @@ def open_engine(url: str) -> Engine:
         revision = current_revision(engine)
     except SQLAlchemyError as exc:
         raise DatabaseError(
-            f"cannot open database {engine.url.render_as_string(hide_password=True)}: {exc}; "
+            f"cannot open database {_shown(engine.url)}: {exc}; "
             "check database.url and that the server is running"
         ) from exc
     if revision != HEAD:
@@ -177,7 +186,7 @@ def _refuse_unknown_revision(engine: Engine, revision: str | None) -> None:
     known = {p.name.split("_", 1)[0] for p in versions.glob("*.py")}
     if revision is not None and revision not in known:
         raise DatabaseError(
-            f"database {engine.url.render_as_string(hide_password=True)} is at schema revision "
+            f"database {_shown(engine.url)} is at schema revision "
             f"{revision!r}, newer than this ecoq knows ({HEAD}); upgrade ecoq"
         )
 

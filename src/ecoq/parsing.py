@@ -32,11 +32,12 @@ def parse_duration(text: str, *, flag: str = "--duration") -> timedelta:
             f"{flag} {text!r} is not a duration; use a number with a unit s, m, h, d or w, "
             "e.g. 90m, 12h, 1d or 1h30m"
         )
+    # Compare as seconds first: timedelta() overflows (or gets inf) long before 1e400s.
+    if total > MAX_SPAN.total_seconds():
+        raise ValidationError(f"{flag} {text!r} is more than 10 years; give a shorter span")
     span = timedelta(seconds=total)
     if span <= timedelta(0):
         raise ValidationError(f"{flag} {text!r} must be longer than zero, e.g. 30m")
-    if span > MAX_SPAN:
-        raise ValidationError(f"{flag} {text!r} is more than 10 years; give a shorter span")
     return span
 
 
@@ -45,26 +46,34 @@ def parse_time(text: str, *, flag: str) -> datetime:
     raw = text.strip()
     try:
         when = datetime.fromisoformat(raw.replace("z", "Z"))
-    except ValueError:
+        # OverflowError when the offset moves it out of years 1-9999 (`0001-01-01T00:00+01:00`)
+        utc = when.astimezone(UTC) if when.tzinfo is not None else None
+    except (ValueError, OverflowError):
         raise ValidationError(
             f"{flag} {text!r} is not an ISO-8601 time; use e.g. 2026-12-01T03:00Z or a span "
             "like 12h"
         ) from None
-    if when.tzinfo is None:
+    if utc is None:
         # A bare date takes no offset: `2026-12-01Z` is not ISO-8601, `2026-12-01T00:00Z` is.
         example = raw if "T" in raw.upper() or " " in raw else f"{raw}T00:00"
         raise ValidationError(
             f"{flag} {text!r} has no UTC offset, so its meaning depends on the machine; "
             f"add one, e.g. {example}Z or {example}+01:00"
         )
-    return when.astimezone(UTC)
+    return utc
 
 
 def parse_when(text: str, now: datetime, *, flag: str) -> datetime:
-    """A span after `now` (`12h`) or an absolute timestamp with an offset."""
+    """A span after `now` (`12h`) or an absolute timestamp with an offset, at most `MAX_SPAN`
+    after `now` (planning over centuries would never end, and times near year 9999 overflow)."""
     if _PART.match(text.strip().lower()) and not re.match(r"^\d{4}-", text.strip()):
         return now + parse_duration(text, flag=flag)
-    return parse_time(text, flag=flag)
+    when = parse_time(text, flag=flag)
+    if when - now > MAX_SPAN:
+        raise ValidationError(
+            f"{flag} {text!r} is more than 10 years away; give a nearer time or a span like 12h"
+        )
+    return when
 
 
 _INTERPRETERS = {".py": "python3", ".sh": "sh", ".bash": "bash"}
@@ -82,9 +91,16 @@ def resolve_script(name: str, cwd: Path) -> Script:
     """Find SCRIPT: a path to an executable file, a script its interpreter can run (shebang or
     .py/.sh), or a command on PATH. Raises ValidationError naming the value and the fix."""
     path = (cwd / name) if not os.path.isabs(name) else Path(name)
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # a name too long for the file system; is_dir() lets that through
+        raise ValidationError(
+            f"script {name!r} cannot be looked up ({exc.strerror}); give the path to the file "
+            "to run"
+        ) from None
+    if is_dir:
         raise ValidationError(f"script {name!r} is a directory; give the file to run")
-    if path.is_file():
+    if is_file:
         absolute = str(path.resolve())
         if os.access(absolute, os.X_OK):
             return Script([absolute], absolute)

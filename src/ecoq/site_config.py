@@ -42,6 +42,8 @@ SiteKind = Literal["local", "remote", "slurm"]
 _KINDS: tuple[SiteKind, ...] = ("local", "remote", "slurm")
 #: Keys every site takes.
 SITE_KEYS = ("name", "kind", "zone", "gpus", "slots", "pue", "idle_w_per_gpu")
+#: The most GPUs or job slots a site may have (more is no real site; the daemon loops over them).
+MAX_COUNT = 1_000_000
 #: Keys only a Slurm site takes (their meaning: `ecoq.scheduler.executors.slurm_site.SlurmSite`).
 SLURM_KEYS = ("cluster", "partition", "account", "gres", "sbatch_args", "slurm_conf", "timeout_s")
 
@@ -76,7 +78,7 @@ class SiteConfig:
 def _header_lines(text: str) -> list[int]:
     return [
         n
-        for n, line in enumerate(text.splitlines(), 1)
+        for n, line in enumerate(text.split("\n"), 1)  # TOML's only line end (not \x85...)
         if re.match(r"^\s*\[\[\s*sites\s*\]\]", line)
     ]
 
@@ -87,7 +89,7 @@ def _key_lines(text: str, path: str, header: int) -> dict[str, str]:
     out: dict[str, str] = {}
     if not header:
         return out
-    for number, line in enumerate(text.splitlines()[header:], header + 1):
+    for number, line in enumerate(text.split("\n")[header:], header + 1):
         if re.match(r"^\s*\[", line):
             break
         if m := re.match(r"^\s*([A-Za-z0-9_-]+)\s*=", line):
@@ -160,9 +162,9 @@ def _site(
     for key in ("gpus", "slots"):
         value = table.get(key)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT
         ):
-            bad(key, "must be a whole number >= 0 (omit it for no limit)")
+            bad(key, f"must be a whole number >= 0 and at most {MAX_COUNT:,} (omit: no limit)")
             value = None
         counts[key] = value
     numbers: dict[str, float] = {"pue": 1.0, "idle_w_per_gpu": 50.0}

@@ -33,6 +33,12 @@ class SqliteReader:
     def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [dict(row) for row in self._conn.execute(sql, dict(params))]
 
+    def tuples(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """`query`'s rows as tuples in column order: no dict per row (reports read 100,000)."""
+        cursor = self._conn.cursor()
+        cursor.row_factory = None
+        return cursor.execute(sql, dict(params)).fetchall()
+
     def close(self) -> None:
         self._conn.close()
 

@@ -63,6 +63,14 @@ def _root(
     STATE.config_file = config
     STATE.verbose = verbose
     STATE.settings = None
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        # A job's argv or script name may hold bytes that are not UTF-8 (Python's surrogates):
+        # print them as they came, as `ls` does, instead of failing on a strict UTF-8 terminal.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
 
 
 def settings() -> "Settings":
@@ -104,7 +112,12 @@ def errors() -> Iterator[None]:
 
 
 def print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # argv bytes that are not UTF-8 (surrogates): \u-escape them
+        text = json.dumps(data, indent=2)
+    typer.echo(text)
 
 
 def shared_client() -> "Client | None":

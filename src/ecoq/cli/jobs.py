@@ -106,7 +106,7 @@ def submit(
     """Queue a job to run in the cleanest window that still meets its deadline."""
     import getpass
 
-    from ecoq.config import CREDENTIAL_ENV_VARS
+    from ecoq.config import job_environment
     from ecoq.parsing import parse_duration, parse_when, resolve_script
     from ecoq.scheduler.jobspec import JobSpec, parse_signal
 
@@ -126,7 +126,7 @@ def submit(
         spec = JobSpec(
             command=argv,
             cwd=str(cwd),
-            env={k: v for k, v in os.environ.items() if k not in CREDENTIAL_ENV_VARS},
+            env=job_environment(os.environ),
             user=getpass.getuser(),
             uid=os.getuid(),
             zone=zones[0],
@@ -394,6 +394,13 @@ def wait(
 
     started = time.monotonic()
     with errors():
+        if not 0 < poll <= 3600 or (timeout is not None and not timeout >= 0):  # NaN too
+            from ecoq.errors import ValidationError
+
+            raise ValidationError(
+                f"--poll {poll:g} --timeout {timeout}: give --poll in seconds, more than 0 and "
+                "at most 3600, and --timeout in seconds, 0 or more"
+            )
         while True:
             job = load_job(job_id)
             if job.state in TERMINAL:

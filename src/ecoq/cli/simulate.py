@@ -87,7 +87,13 @@ def simulate(
 ) -> None:
     """Replay jobs on a real intensity trace and report what a policy saves."""
     from ecoq.errors import ValidationError
-    from ecoq.scheduler.simdata import read_forecasts, read_jobs, read_trace, write_schedule
+    from ecoq.scheduler.simdata import (
+        check_horizon,
+        read_forecasts,
+        read_jobs,
+        read_trace,
+        write_schedule,
+    )
     from ecoq.scheduler.simulate import POLICIES
     from ecoq.scheduler.simulate import simulate as run_simulation
 
@@ -100,8 +106,15 @@ def simulate(
             raise ValidationError(f"--capacity {capacity} must be at least 1")
         if not 0.0 <= min_saving <= 1.0:
             raise ValidationError(f"--min-saving {min_saving} must be a fraction from 0 to 1")
+        if forecast_error is not None and not 0.0 <= forecast_error <= 10.0:
+            raise ValidationError(
+                f"--forecast-error {forecast_error} must be a fraction from 0 to 10, e.g. 0.05"
+            )
+        if seed < 0:
+            raise ValidationError(f"--seed {seed} must be 0 or more")
         trace = read_trace(intensity)
         job_list = read_jobs(jobs)
+        check_horizon(trace, job_list)
         log = read_forecasts(forecast, trace) if forecast is not None else None
         progress = _Progress()
         try:

@@ -22,20 +22,25 @@ forecast does not cover.
 
 import csv
 import json
-import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ecoq.errors import ForecastUnavailable, UnknownZone
 from ecoq.forecasting import Forecast, IntensityPoint, Signal
 
+if TYPE_CHECKING:
+    from _csv import Reader
+
 __all__ = ["FileProvider"]
 
 _SIGNALS = ("average", "marginal")
+#: Values above this (gCO2eq/kWh) are not real intensities (coal is about 1,000): a unit mistake,
+#: and sums of them would overflow in the planner.
+MAX_G_PER_KWH = 1e6
 
 
 def _parse_time(raw: str) -> datetime:
@@ -50,6 +55,16 @@ class _Row:
     value: float
     zone: str
     issued_at: datetime | None
+
+
+def _csv_rows(reader: "Reader", where: str) -> Iterator[list[str]]:
+    """The rows of `reader`; a CSV error (a field over the size limit) as ForecastUnavailable."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise ForecastUnavailable(
+            f"{where}, line {reader.line_num}: not a CSV row ({exc}); fix the row"
+        ) from exc
 
 
 class FileProvider:
@@ -101,7 +116,7 @@ class FileProvider:
         self, zone: str, start: datetime, end: datetime, *, as_of: datetime | None, realized: bool
     ) -> Forecast:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's BOM
             mtime = self.path.stat().st_mtime
         except (OSError, UnicodeDecodeError) as exc:
             raise ForecastUnavailable(
@@ -140,6 +155,11 @@ class FileProvider:
         diffs = Counter(b[0] - a[0] for a, b in zip(series, series[1:], strict=False))
         # Most common difference; ties go to the smallest, so the result is deterministic.
         step = min(diffs, key=lambda d: (-diffs[d], d))
+        if series[-1][0] > datetime.max.replace(tzinfo=UTC) - step:
+            raise ForecastUnavailable(
+                f"{where}: its last time {series[-1][0].isoformat()} plus its step {step} "
+                "passes the year 9999; remove the rows that far ahead"
+            )
         # An empty range still gets the point in force at `start`, as the bundled provider does.
         stop = max(end, start + timedelta(microseconds=1))
         points = tuple(IntensityPoint(t, v) for t, v in series if t < stop and t + step > start)
@@ -172,7 +192,7 @@ class FileProvider:
         reader = csv.reader(lines)
         header: list[str] | None = None
         rows: list[_Row] = []
-        for row in reader:
+        for row in _csv_rows(reader, where):
             ref = f"line {reader.line_num}"
             if not row or row[0].startswith("#") or not "".join(row).strip():
                 continue
@@ -200,7 +220,8 @@ class FileProvider:
         where = f"forecast file {self.path}"
         try:
             data: Any = json.loads(text)
-        except json.JSONDecodeError as exc:
+        # ValueError: also an integer of over 4,300 digits; RecursionError: nesting too deep.
+        except (ValueError, RecursionError) as exc:
             raise ForecastUnavailable(f"{where} is not valid JSON ({exc}); fix it") from exc
         signals: set[str] = set()
         if isinstance(data, dict):
@@ -236,7 +257,7 @@ class FileProvider:
                 continue
             try:
                 times.append(_parse_time(raw))
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:  # Overflow: an offset past year 1 or 9999
                 raise ForecastUnavailable(
                     f"{where}: {'issued_at' if key == 'issued_at' else 'time'} {raw!r} is not "
                     "ISO-8601; write it like 2026-05-01T10:00Z"
@@ -249,10 +270,10 @@ class FileProvider:
                 f"{where}: value {raw_value!r} is not a number; "
                 "write gCO2eq/kWh as a plain decimal like 231.5"
             ) from exc
-        if not math.isfinite(value) or value < 0:
+        if not 0 <= value <= MAX_G_PER_KWH:  # also refuses NaN
             raise ForecastUnavailable(
-                f"{where}: value {raw_value!r} is not a finite, non-negative "
-                "intensity; write gCO2eq/kWh as a plain decimal like 231.5"
+                f"{where}: value {raw_value!r} is not a finite, non-negative intensity of at "
+                f"most {MAX_G_PER_KWH:,.0f}; write gCO2eq/kWh as a plain decimal like 231.5"
             )
         issued = times[1] if len(times) > 1 else None
         return _Row(ref, times[0], value, cells.get("zone", "").strip(), issued)

@@ -150,7 +150,7 @@ def _file_values(path: Path) -> dict[str, str]:
 
     try:
         data = tomllib.loads(_read_private(path))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # Recursion: arrays nested deep
         # The decoder's message gives line and column, never the file's content.
         raise ConfigError(f"secrets file {path} is not valid TOML: {exc}") from None
     values: dict[str, str] = {}

@@ -11,6 +11,8 @@ from ecoq.errors import ValidationError
 
 __all__ = ["JobSpec", "hm", "parse_signal", "span_text", "validate_spec"]
 
+#: The most pauses a job may ask for: more is no limit in practice, and must fit the database.
+MAX_PAUSES = 1_000_000
 #: Signals a job cannot catch, so they can never ask it to checkpoint.
 _UNCATCHABLE = {"SIGKILL", "SIGSTOP"}
 
@@ -88,6 +90,7 @@ def validate_spec(spec: JobSpec, now: datetime, *, box_gpus: int) -> None:
         )
     if spec.duration <= timedelta(0):
         raise ValidationError(f"--duration {spec.duration} must be positive, e.g. --duration 90m")
+    _validate_text(spec)
     if spec.gpus < 0:
         raise ValidationError(f"--gpus {spec.gpus} must be 0 or more")
     if spec.gpus > box_gpus:
@@ -120,6 +123,27 @@ def validate_spec(spec: JobSpec, now: datetime, *, box_gpus: int) -> None:
         )
 
 
+def _validate_text(spec: JobSpec) -> None:
+    """The fields stored as text must be text: no NUL, no undecodable bytes (the surrogates
+    Python gives non-UTF-8 bytes of argv). The argv and environment are stored as JSON, which
+    keeps such bytes, so only these are checked."""
+    fields = [("--name", spec.name), ("--project", spec.project or "")]
+    fields += [("--zone", z) for z in (spec.zone, *spec.zones)]
+    fields.append(("the working directory", spec.cwd))
+    for flag, text in fields:
+        try:
+            text.encode("utf-8")
+            ok = "\x00" not in text
+        except UnicodeEncodeError:
+            ok = False
+        if not ok:
+            fix = "submit from another directory" if flag.startswith("the") else f"change {flag}"
+            raise ValidationError(
+                f"{flag} {text!r} is not valid UTF-8 text (it has a NUL or undecodable bytes); "
+                f"{fix}"
+            )
+
+
 def _validate_interruptible(spec: JobSpec) -> None:
     if not spec.interruptible:
         given = [
@@ -136,10 +160,10 @@ def _validate_interruptible(spec: JobSpec) -> None:
             raise ValidationError(
                 f"{', '.join(given)} only apply to interruptible jobs; add --interruptible"
             )
-    if spec.max_pauses is not None and spec.max_pauses < 0:
+    if spec.max_pauses is not None and not 0 <= spec.max_pauses <= MAX_PAUSES:
         raise ValidationError(
-            f"--max-pauses {spec.max_pauses} must be 0 or more (0: never paused); "
-            "leave it out for no limit"
+            f"--max-pauses {spec.max_pauses} must be 0 or more (0: never paused) and at most "
+            f"{MAX_PAUSES:,}; leave it out for no limit"
         )
     if spec.min_segment < timedelta(0):
         raise ValidationError(f"--min-segment {spec.min_segment} must be positive, e.g. 30m")
