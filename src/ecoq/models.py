@@ -44,7 +44,10 @@ class Job(SQLModel, table=True):
     """One submitted job: what to run, its constraints, its plan and its outcome."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_planned_start", "state", "planned_start"),)
+    __table_args__ = (
+        Index("ix_jobs_state_planned_start", "state", "planned_start"),
+        Index("ix_jobs_state_finished_at", "state", "finished_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     name: str
@@ -205,8 +208,13 @@ class Run(SQLModel, table=True):
     deadline_missed: bool | None = None
     #: What the job's `ecoq.track` calls recorded: {"units": {...}, "windows": [...], ...}.
     marks: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    #: When retention thinned out `energy_series` (`ecoq.scheduler.retention`); None: as sampled.
+    samples_pruned_at: datetime | None = _utc(default=None)
 
-    __table_args__ = (Index("ix_runs_accounting", "accounting"),)
+    __table_args__ = (
+        Index("ix_runs_accounting", "accounting"),
+        Index("ix_runs_samples_pruned", "samples_pruned_at", "finished_at"),
+    )
 
 
 class RunUnit(SQLModel, table=True):
@@ -228,7 +236,11 @@ class ForecastRecord(SQLModel, table=True):
     """
 
     __tablename__ = "forecasts"
-    __table_args__ = (Index("ix_forecasts_lookup", "zone", "realized", "source", "issued_at"),)
+    __table_args__ = (
+        Index("ix_forecasts_lookup", "zone", "realized", "source", "issued_at"),
+        Index("ix_forecasts_realized_end", "realized", "end"),
+        Index("ix_forecasts_compaction", "realized", "compacted_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     zone: str
@@ -245,6 +257,8 @@ class ForecastRecord(SQLModel, table=True):
     start: datetime = _utc()
     end: datetime = _utc()
     points: list[list[float | None]] = Field(sa_column=Column(JSON, nullable=False))
+    #: When retention dropped the realized points a newer fetch replaced (`ecoq.scheduler.compact`).
+    compacted_at: datetime | None = _utc(default=None)
 
 
 class DaemonRow(SQLModel, table=True):

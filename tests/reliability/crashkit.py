@@ -270,7 +270,7 @@ def _sql_list(values: Sequence[str] | set[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in sorted(values)) + ")"
 
 
-def drain(daemons: Daemons, observer: Observer, timeout_s: float = 90) -> int:
+def drain(daemons: Daemons, observer: Observer, timeout_s: float = 300) -> int:
     """Run clean daemon ticks until every job has ended; returns how many ticks it took."""
     limit = time.monotonic() + timeout_s
     ticks = 0

@@ -62,6 +62,7 @@ def daemon(
     from ecoq.scheduler.daemon import Daemon, DaemonConfig, DaemonLock, run_forever
     from ecoq.scheduler.reconcile import AccountingParams
     from ecoq.scheduler.replan import PlannerParams
+    from ecoq.scheduler.retention import RetentionPolicy
 
     with errors():
         configure_logging(log_format, level=logging.DEBUG if STATE.verbose else logging.INFO)
@@ -101,6 +102,7 @@ def daemon(
                     accounting=AccountingParams.from_settings(cfg.accounting),
                     idle_w_per_gpu=own.idle_w_per_gpu if own else cfg.site.idle_w_per_gpu,
                     sites=sites,
+                    retention=RetentionPolicy.from_settings(cfg.retention),
                 ),
                 executor=box.executor(queue) if box else None,
                 slurm=slurm_driver(queue),

@@ -35,6 +35,7 @@ from ecoq.scheduler.queue import Queue
 from ecoq.scheduler.reap import Reaping
 from ecoq.scheduler.reconcile import AccountingParams, reconcile
 from ecoq.scheduler.replan import LocalSite, PlannerParams, replan
+from ecoq.scheduler.retention import Retention, RetentionPolicy
 from ecoq.scheduler.service import DaemonLock, run_forever
 from ecoq.scheduler.sites import Site, SiteMap
 from ecoq.scheduler.slurmdriver import SlurmDriver, SlurmReport
@@ -78,6 +79,8 @@ class DaemonConfig:
     #: Every `[[sites]]` entry (empty: this box is the only site): the planner picks site and
     #: time together, and this daemon starts the jobs planned at the site named `worker`.
     sites: tuple[Site, ...] = ()
+    #: What the daemon prunes, at most hourly (`[retention]`); None: nothing (tests).
+    retention: RetentionPolicy | None = None
 
     def site(self) -> LocalSite:
         """This box as the planner sees it."""
@@ -139,6 +142,11 @@ class Daemon(Reaping):
         self.pauses = Pauses(queue, self.executor, kill_grace_s=config.kill_grace_s)
         #: The Slurm sites this daemon drives (`[[sites]]` of kind slurm); None: none.
         self.slurm = slurm
+        self.retention = (
+            Retention(queue.engine, config.retention, data_dir=config.data_dir)
+            if config.retention is not None
+            else None
+        )
 
     # -- the tick ---------------------------------------------------------------------------
     def tick(self) -> TickReport:
@@ -186,6 +194,8 @@ class Daemon(Reaping):
                 self._dispatch(now, report)
             self._refresh_history(now)
             self._account(now)
+            if self.retention is not None:
+                self.retention.step(now)  # hourly, at most ~1 s a tick; never raises
             return report
 
     def _account(self, now: datetime) -> None:

@@ -199,6 +199,7 @@ class ForecastSource:
         self.clock = clock
         self._step: dict[str, str] = {}  # zone -> the chain step last used (for episode logs)
         self._memo: dict[str, tuple[Forecast, datetime]] = {}  # zone -> newest cached, fetched
+        self._fallen: dict[str, tuple[Forecast, datetime]] = {}  # zone -> fallback, made at
 
     def forecast(self, zone: str, start: datetime, end: datetime) -> Forecast | None:
         """A forecast covering [start, end) from the first step of the chain that has one;
@@ -286,13 +287,19 @@ class ForecastSource:
 
             fallback = forecast_from_history
         now = self.clock()
+        made = self._fallen.get(zone)
+        fresh = now - made[1] < timedelta(seconds=self.settings.refresh_s) if made else False
+        if made is not None and fresh and made[0].start <= start and end <= made[0].end:
+            return made[0]  # weeks of history and a model fit: not again for every re-plan
         history = self.store.history(zone, self.signal, now - FALLBACK_HISTORY, now)
         if history is None:
             return None
         try:
-            return fallback(history, start, end)
+            forecast = fallback(history, start, end)
         except ForecastUnavailable:
             return None
+        self._fallen[zone] = (forecast, now)
+        return forecast
 
     def _use(
         self,

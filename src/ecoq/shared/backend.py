@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ecoq import __version__
-from ecoq.config import CREDENTIAL_ENV_VARS
+from ecoq.config import job_environment
 from ecoq.errors import EcoqError, JobNotFound, ValidationError
 from ecoq.shared.access import Caller
 from ecoq.shared.protocol import VERSION, Request, SubmitRequest, job_row
@@ -160,7 +160,7 @@ class Backend:
                 f"{caller.label} has no account on this machine, so no job can run as it; "
                 "ask the box's admin to create one"
             )
-        env = {k: v for k, v in req.env.items() if k not in CREDENTIAL_ENV_VARS}
+        env = job_environment(req.env)  # no credentials, no database password
         view = self.submit_fn(replace(req, env=env), caller.user, caller.uid)
         log.info("%s: submitted job %s (%s)", caller.label, view.id, view.name)
         return view
