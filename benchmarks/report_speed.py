@@ -215,19 +215,28 @@ def main() -> None:
         out = f"{tmp}/out"
         cases = [
             ("table, by project", ["report", *PERIOD]),
-            ("table, by job (100,000 rows)", ["report", *PERIOD, "--by", "job"]),
+            (f"table, by job ({args.runs:,} rows)", ["report", *PERIOD, "--by", "job"]),
+            ("json, by job", ["report", *PERIOD, "--by", "job", "--json"]),
+            ("csv, by job", ["report", *PERIOD, "--by", "job", "--format", "csv"]),
             ("json, by day", ["report", *PERIOD, "--by", "day", "--json"]),
             ("csv, by user", ["report", *PERIOD, "--by", "user", "--format", "csv"]),
             ("CodeCarbon csv", ["report", *PERIOD, "--codecarbon", "--out", out + ".csv"]),
             ("html with 8 plots", ["report", *PERIOD, "--format", "html", "--out", out + ".html"]),
+            (
+                "html, by job",
+                ["report", *PERIOD, "--by", "job", "--format", "html", "--out", out + ".html"],
+            ),
         ]
+        load_before = os.getloadavg()[0]
         rows = [(label, timed([ecoq, *argv], env, args.repeat)) for label, argv in cases]
+        load_after = os.getloadavg()[0]
     lines = [
         f"Command: `python benchmarks/report_speed.py --runs {args.runs} --repeat {args.repeat}` "
         f"(each report a real `ecoq report` process, median of {args.repeat} after one warm-up; "
         f"seeding {args.runs:,} jobs and runs with executemany took {seed_s:.1f} s).",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, measured {time.strftime('%Y-%m-%d')}.",
+        f"{platform.python_version()}, measured {time.strftime('%Y-%m-%d')} (load average "
+        f"{load_before:.1f} before, {load_after:.1f} after).",
         "",
         f"| `ecoq report` over {args.runs:,} runs | wall time | CPU time | target | ok |",
         "|---|---|---|---|---|",
@@ -239,7 +248,8 @@ def main() -> None:
         "",
         "CPU time is the process's user + system time: on a shared machine the wall time also "
         "holds the time other processes had the CPU. `--by job` prints one line per job "
-        "(100,000 lines); the default and the other groupings sum in SQL.",
+        f"({args.runs:,} lines; JSON puts each row object on one line past 1,000 rows); the "
+        "default and the other groupings sum in SQL to a few rows.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

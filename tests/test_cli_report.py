@@ -69,6 +69,22 @@ def test_codecarbon_and_html_files(ids: dict[str, int], tmp_path: Path) -> None:
     assert text.startswith("<!DOCTYPE html>") and text.count("data:image/png;base64,") == 6
 
 
+def test_by_job_in_each_format_leaves_the_garbage_collector_on(ids: dict[str, int]) -> None:
+    import gc
+
+    assert gc.isenabled()
+    outputs = {}
+    for fmt in ("table", "csv", "json"):
+        result = cli("report", *PERIOD, "--by", "job", "--format", fmt)
+        assert result.exit_code == 0, result.output
+        assert gc.isenabled()  # paused while the report is built, back on after
+        outputs[fmt] = result.stdout
+    assert f"{ids['train']} train" in outputs["table"]
+    assert f"{ids['mjob']} mjob,marginal,1,1," in outputs["csv"]
+    rows = json.loads(outputs["json"])["rows"]
+    assert [r["group"] for r in rows][:2] == [f"{ids['train']} train", f"{ids['serve']} serve"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -3,6 +3,7 @@
 import base64
 import csv
 import io
+import json
 import re
 import struct
 from collections.abc import Iterator
@@ -14,7 +15,14 @@ from ecoq.db import open_engine
 from ecoq.plots import PNG_SIGNATURE, window_plot, window_png
 from ecoq.report_codecarbon import CODECARBON_COLUMNS, render_codecarbon
 from ecoq.report_html import render_html
-from ecoq.reports import Report, build_report, render_csv, render_table
+from ecoq.report_text import (
+    JSON_ROWS_PER_LINE,
+    TABLE_COLUMNS,
+    render_csv,
+    render_json,
+    render_table,
+)
+from ecoq.reports import GROUPS, Report, build_report
 from ecoq.views import SqliteReader, fast_reader
 from tests.seed import at, seed_demo
 
@@ -220,3 +228,139 @@ def seed_ids(engine: object) -> dict[str, int]:
 
     with session(engine) as s:  # type: ignore[arg-type]
         return {j.name: j.id or 0 for j in s.exec(select(Job)).all()}
+
+
+def copy_jobs(path: Path, copies: int) -> None:
+    """Add `copies` copies of every job in the SQLite file `path`, with its runs and marked
+    units (ids shifted by multiples of 1000), so a by-job report has many rows."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    for table, shifted in (
+        ("jobs", {"id": "id + :d"}),
+        ("runs", {"id": "id + :d", "job_id": "job_id + :d"}),
+        ("run_units", {"id": "id + :d", "run_id": "run_id + :d"}),
+    ):
+        names = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        columns = ", ".join(f'"{n}"' for n in names)
+        values = ", ".join(shifted.get(n, f'"{n}"') for n in names)
+        for i in range(1, copies + 1):
+            conn.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {values} FROM {table} WHERE id < 1000",
+                {"d": 1000 * i},
+            )
+    conn.commit()
+    conn.close()
+
+
+def table_cells(value: object) -> str:
+    """One cell as the per-row table writer formatted it before the columnar one."""
+    if value is None:
+        return "-"
+    if type(value) is float:
+        return f"{value:.3g}" if -1000 < value < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def test_a_large_report_renders_the_same_rows_and_values(db_url: str, tmp_path: Path) -> None:
+    engine = open_engine(db_url)
+    ids = seed_demo(engine, tmp_path / "runs")
+    engine.dispose()
+    assert max(ids.values()) < 1000  # copy_jobs shifts ids by thousands
+    reader = fast_reader(db_url)
+    assert reader is not None
+    small = report(reader, "job")
+    copy_jobs(tmp_path / "ecoq.db", 300)
+    large = report(reader, "job")
+    reader.close()
+    assert len(large.rows) == 301 * len(small.rows) > JSON_ROWS_PER_LINE
+    by_group = {(r["group"], r["signal"]): r for r in large.rows}
+    for copy in (0, 1, 300):  # every copy's rows hold the original's values
+        for row in small.rows:
+            job_id, name = row["group"].split(" ", 1)
+            shifted = by_group[(f"{int(job_id) + 1000 * copy} {name}", row["signal"])]
+            assert {**shifted, "group": row["group"]} == row
+    assert large.runs == 301 * small.runs
+
+    # table: fixed width, the same cells in the same order as the per-row writer
+    lines = render_table(large).splitlines()
+    start = lines.index("") + 1
+    body = lines[start + 1 : start + 1 + len(large.rows)]
+    assert len({len(line) for line in lines[start : start + 1 + len(large.rows)]}) == 1
+    for line, row in zip(body, large.rows, strict=True):
+        expected = [table_cells(row[key]) for key, _ in TABLE_COLUMNS]
+        assert re.split(r"\s{2,}", line.strip()) == expected
+
+    # CSV: every value round-trips
+    parsed = list(csv.DictReader(io.StringIO(render_csv(large))))
+    assert len(parsed) == len(large.rows) + len(large.totals)
+    for line_values, row in zip(parsed[: len(large.rows)], large.rows, strict=True):
+        assert line_values["job"] == row["group"]
+        assert line_values["provisional_runs"] == str(row["status"].get("provisional", 0))
+        for key in ("energy_kwh", "realized_kg", "avoided_pct", "g_per_inference"):
+            assert line_values[key] == ("" if row[key] is None else repr(row[key]))
+
+    # JSON: one row object per line past the threshold, the same data as indented JSON
+    text = render_json(large)
+    assert json.loads(text) == json.loads(json.dumps(large.to_json(), indent=2))
+    row_lines = [line for line in text.splitlines() if line.startswith('    {"group": ')]
+    assert len(row_lines) == len(large.rows) + len(large.totals) + len(large.projects)
+    assert json.loads(row_lines[len(large.totals)].rstrip(",")) == large.rows[0]
+    assert render_json(small) == json.dumps(small.to_json(), indent=2, ensure_ascii=False) + "\n"
+
+
+def test_the_stdlib_and_engine_readers_give_the_same_reports(
+    seeded: tuple[SqliteReader, dict[str, int]], db_url: str
+) -> None:
+    from ecoq.db import EngineReader
+
+    engine = open_engine(db_url)
+    for by in GROUPS:
+        fast = build_report(seeded[0], since=at(0), until=at(48), by=by, days=True)
+        slow = build_report(EngineReader(engine), since=at(0), until=at(48), by=by, days=True)
+        assert (fast.to_json(), fast.daily) == (slow.to_json(), slow.daily)
+    engine.dispose()
+
+
+def test_by_job_adds_up_the_runs_of_a_job(db_url: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    engine = open_engine(db_url)
+    ids = seed_demo(engine, tmp_path / "runs")
+    engine.dispose()
+    conn = sqlite3.connect(tmp_path / "ecoq.db")
+    names = [row[1] for row in conn.execute("PRAGMA table_info(runs)") if row[1] != "id"]
+    columns = ", ".join(f'"{n}"' for n in names)
+    # train runs twice on the same signal; mjob's second run has average figures
+    for job, signal in ((ids["train"], "accounting_signal"), (ids["mjob"], "'average'")):
+        values = columns.replace('"accounting_signal"', f"{signal} AS accounting_signal")
+        conn.execute(
+            f"INSERT INTO runs ({columns}) SELECT {values} FROM runs WHERE job_id = ?", [job]
+        )
+        conn.execute(
+            "INSERT INTO run_units (run_id, unit, count) SELECT (SELECT MAX(id) FROM runs), "
+            "unit, count FROM run_units WHERE run_id = (SELECT MIN(id) FROM runs WHERE job_id = ?)",
+            [job],
+        )
+    conn.commit()
+    conn.close()
+    reader = fast_reader(db_url)
+    assert reader is not None
+    by_job = report(reader, "job")
+    by_project = report(reader, "project")
+    reader.close()
+    rows = {(r["group"], r["signal"]): r for r in by_job.rows}
+    train = rows[(f"{ids['train']} train", "average")]
+    assert (train["jobs"], train["runs"], train["units"]) == (1, 2, {"epoch": 20})
+    assert train["energy_kwh"] == pytest.approx(6.0) and train["realized_kg"] == pytest.approx(0.72)
+    assert train["energy_per_epoch_kwh"] == pytest.approx(0.3)
+    for signal in ("average", "marginal"):
+        mjob = rows[(f"{ids['mjob']} mjob", signal)]
+        assert (mjob["jobs"], mjob["runs"], mjob["realized_kg"]) == (1, 1, pytest.approx(0.8))
+    # the per-run path (by job) and SQL's grouping (by project) give the same totals
+    for a, b in zip(by_job.totals, by_project.totals, strict=True):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            assert b[key] == (pytest.approx(value) if isinstance(value, float | dict) else value), (
+                key
+            )

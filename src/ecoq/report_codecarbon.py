@@ -147,8 +147,8 @@ def render_codecarbon(
     """CodeCarbon's ``emissions.csv`` (its header, then one line per run) and the run count;
     without a database (`reader` None), the header alone."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n")  # writes None as an empty field
     writer.writerow(CODECARBON_COLUMNS)
     rows = _run_values(reader, since, until) if reader is not None else []
-    writer.writerows(["" if v is None else v for v in row] for row in rows)
+    writer.writerows(rows)
     return out.getvalue(), len(rows)

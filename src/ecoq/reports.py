@@ -1,8 +1,8 @@
-"""Rows for `ecoq report`: totals and per-group figures, as a table, CSV, JSON or CodeCarbon CSV.
+"""Rows for `ecoq report`: totals, per-group and per-project figures of finished runs.
 
-Aggregates finished runs in SQL through a `ecoq.views.Reader` (no ORM; two grouped queries,
-whatever the number of runs: a report of 100,000 runs renders in about a second), then rolls the
-groups up in Python. Rules:
+Reads finished runs through a `ecoq.views.Reader` (no ORM; two queries, grouped in SQL, or per
+run by job), then rolls the groups up in Python over tuples (a by-job report of 100,000 runs
+has 100,000 groups to roll up into totals and projects). Rules:
 
 - Marginal and average figures are never added together: every row and every total is per
   signal, and runs without figures (unmetered, no intensity) form their own energy-only rows.
@@ -13,12 +13,11 @@ groups up in Python. Rules:
   project, and SCI per job and per marked unit ((O + M) / R; M is reported unset when no
   embodied figures are configured).
 
-The HTML report is `ecoq.report_html`, its plots `ecoq.plots` (matplotlib, imported lazily), and
-CodeCarbon's ``emissions.csv`` `ecoq.report_codecarbon`.
+The table, CSV and JSON text is `ecoq.report_text`, the HTML report `ecoq.report_html` (its plots
+`ecoq.plots`, matplotlib imported lazily), and CodeCarbon's ``emissions.csv``
+`ecoq.report_codecarbon`.
 """
 
-import csv
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -42,47 +41,49 @@ _WHERE = (
     "r.started_at IS NOT NULL AND r.finished_at IS NOT NULL "
     "AND r.finished_at >= :since AND r.finished_at < :until"
 )
-_SUMS = (
-    "{jobs} AS jobs, COUNT(*) AS runs, SUM(r.energy_j) AS energy_j, "
-    "SUM(r.estimate_energy_j) AS estimate_j, "
-    "SUM(COALESCE(r.facility_energy_j, r.energy_j)) AS facility_j, "
-    "SUM(r.realized_g) AS realized_g, SUM(r.counterfactual_g) AS counterfactual_g, "
-    "SUM(r.embodied_g) AS embodied_g, COUNT(r.embodied_g) AS embodied_n, "
-    "SUM(r.delay_s) AS delay_s, SUM(CASE WHEN r.deadline_missed THEN 1 ELSE 0 END) AS misses, "
-    "SUM(CASE WHEN r.accounting IS NULL THEN 1 ELSE 0 END) AS st_unaccounted, "
-    + ", ".join(
-        f"SUM(CASE WHEN r.accounting = '{s}' THEN 1 ELSE 0 END) AS st_{i}"
+#: Each run's figures as (name, SQL); a group's are their sums, after its job count.
+_FIGURES = (
+    ("runs", "1"),
+    ("energy_j", "r.energy_j"),
+    ("estimate_j", "r.estimate_energy_j"),
+    ("facility_j", "COALESCE(r.facility_energy_j, r.energy_j)"),
+    ("realized_g", "r.realized_g"),
+    ("counterfactual_g", "r.counterfactual_g"),
+    ("embodied_g", "r.embodied_g"),
+    ("embodied_n", "CASE WHEN r.embodied_g IS NULL THEN 0 ELSE 1 END"),
+    ("delay_s", "r.delay_s"),
+    ("misses", "CASE WHEN r.deadline_missed THEN 1 ELSE 0 END"),
+    ("st_unaccounted", "CASE WHEN r.accounting IS NULL THEN 1 ELSE 0 END"),
+    *(
+        (f"st_{i}", f"CASE WHEN r.accounting = '{s}' THEN 1 ELSE 0 END")
         for i, s in enumerate(_STATUSES)
-    )
-    + ", "
-    + ", ".join(
-        f"SUM(CASE WHEN r.realized_g IS NOT NULL AND r.intensity_kind = '{k}' THEN 1 ELSE 0 END)"
-        f" AS kind_{i}"
+    ),
+    *(
+        (
+            f"kind_{i}",
+            f"CASE WHEN r.realized_g IS NOT NULL AND r.intensity_kind = '{k}' THEN 1 ELSE 0 END",
+        )
         for i, k in enumerate(_KINDS)
-    )
+    ),
 )
-_NUMS = (
-    "jobs",
-    "runs",
-    "energy_j",
-    "estimate_j",
-    "facility_j",
-    "realized_g",
-    "counterfactual_g",
-    "embodied_g",
-    "embodied_n",
-    "delay_s",
-    "misses",
-    "st_unaccounted",
-    *(f"st_{i}" for i in range(len(_STATUSES))),
-    *(f"kind_{i}" for i in range(len(_KINDS))),
-)
+_NUMS = ("jobs", *(name for name, _ in _FIGURES))
+#: A group's sums (``{jobs}`` counts its jobs), and one run's figures.
+_SUMS = "{jobs} AS jobs, " + ", ".join(f"SUM({sql}) AS {name}" for name, sql in _FIGURES)
+_RUN_FIGURES = "1 AS jobs, " + ", ".join(f"{sql} AS {name}" for name, sql in _FIGURES)
 #: The status counts in `_NUMS` order ("unaccounted": not accounted yet).
 _STATUS_NAMES = ("unaccounted", *_STATUSES)
-_UNIT_SUMS = (
-    "u.unit AS unit, SUM(u.count) AS n, SUM(r.energy_j) AS energy_j, "
-    "SUM(r.realized_g) AS realized_g, SUM(COALESCE(r.embodied_g, 0)) AS embodied_g"
+#: (index in `_NUMS`, name) of the status and intensity-kind counts.
+_STATUS_AT = tuple((_NUMS.index("st_unaccounted") + i, s) for i, s in enumerate(_STATUS_NAMES))
+_KIND_AT = tuple((_NUMS.index("kind_0") + i, k) for i, k in enumerate(_KINDS))
+#: A marked unit's figures per run, likewise.
+_UNIT_FIGURES = (
+    ("n", "u.count"),
+    ("energy_j", "r.energy_j"),
+    ("realized_g", "r.realized_g"),
+    ("embodied_g", "COALESCE(r.embodied_g, 0)"),
 )
+_UNIT_SUMS = "u.unit AS unit, " + ", ".join(f"SUM({sql}) AS {n}" for n, sql in _UNIT_FIGURES)
+_UNIT_RUN = "u.unit AS unit, " + ", ".join(f"{sql} AS {n}" for n, sql in _UNIT_FIGURES)
 
 
 def _dialect(reader: Reader) -> str:
@@ -123,73 +124,65 @@ def _group_sql(by: str, dialect: str, days: bool) -> tuple[str, str]:
     return head, "1, 2, 3, 4, 5"
 
 
-class _Acc:
-    """Sums for one row of the report (a group and a signal), and its marked units."""
-
-    __slots__ = ("v", "units")
-
-    def __init__(self, sums: Mapping[str, Any]) -> None:
-        self.v = sums
-        self.units: dict[str, list[float]] = {}  # unit -> [count, energy_j, realized_g, M g]
-
-    def row(self, group: str, signal: str | None) -> dict[str, Any]:
-        """The JSON row: energy in kWh, emissions in kg CO2e, delays in hours."""
-        v = self.v
-        (jobs_f, runs, energy, estimate, facility, realized, cf, embodied, embodied_n, delay,
-         misses, *counts) = [v[name] or 0.0 for name in _NUMS]  # fmt: skip
-        statuses, kinds = counts[: len(_STATUS_NAMES)], counts[len(_STATUS_NAMES) :]
-        figures = signal is not None
-        jobs = int(jobs_f) or 1
-        avoided = cf - realized
-        units = {u: a for u, a in sorted(self.units.items()) if a[0] > 0} if self.units else {}
-        sci: dict[str, float] = {}
-        if figures:
-            sci["job"] = (realized + embodied) / jobs
-            for u, a in units.items():
-                sci[u] = (a[2] + a[3]) / a[0]
-        epoch, inference = units.get(EPOCH), units.get(INFERENCE)
-        return {
-            "group": group,
-            "signal": signal,
-            "jobs": int(jobs_f),
-            "runs": int(runs),
-            "energy_kwh": energy / J_PER_KWH,
-            "estimate_energy_kwh": estimate / J_PER_KWH,
-            "facility_energy_kwh": facility / J_PER_KWH,
-            "realized_kg": realized / 1000 if figures else None,
-            "counterfactual_kg": cf / 1000 if figures else None,
-            "avoided_kg": avoided / 1000 if figures else None,
-            "avoided_pct": 100.0 * avoided / cf if figures and cf > 0 else None,
-            "embodied_kg": embodied / 1000 if embodied_n > 0 else None,
-            "delay_added_h": delay / 3600,
-            "mean_delay_h": delay / 3600 / jobs,
-            "deadline_misses": int(misses),
-            "status": {s: int(n) for s, n in zip(_STATUS_NAMES, statuses, strict=True) if n},
-            "intensity": {k: int(n) for k, n in zip(_KINDS, kinds, strict=True) if n},
-            "units": {u: a[0] for u, a in units.items()},
-            "energy_per_epoch_kwh": epoch[1] / epoch[0] / J_PER_KWH if epoch else None,
-            "g_per_inference": inference[2] / inference[0] if inference and figures else None,
-            "sci_g_per_unit": sci,
-        }
+#: A group's sums in `_NUMS` order (None where SQL summed nothing), and its marked units:
+#: unit -> [count, energy_j, realized_g, embodied_g].
+_Group = tuple[tuple[Any, ...], dict[str, list[float]]]
 
 
-def _signal_order(signal: str | None) -> str:
-    return signal or "~"  # rows without figures last
+def _row(
+    group: str, signal: str | None, sums: tuple[Any, ...], marked: dict[str, list[float]]
+) -> dict[str, Any]:
+    """The JSON row of one group and signal: energy in kWh, emissions in kg CO2e, delays in
+    hours."""
+    (jobs_f, runs, energy, estimate, facility, realized, cf, embodied, embodied_n, delay,
+     misses) = [v or 0.0 for v in sums[:11]]  # fmt: skip
+    figures = signal is not None
+    jobs = int(jobs_f) or 1
+    avoided = cf - realized
+    units = {u: a for u, a in sorted(marked.items()) if a[0] > 0} if marked else {}
+    sci: dict[str, float] = {}
+    if figures:
+        sci["job"] = (realized + embodied) / jobs
+        for u, a in units.items():
+            sci[u] = (a[2] + a[3]) / a[0]
+    epoch, inference = units.get(EPOCH), units.get(INFERENCE)
+    return {
+        "group": group,
+        "signal": signal,
+        "jobs": int(jobs_f),
+        "runs": int(runs),
+        "energy_kwh": energy / J_PER_KWH,
+        "estimate_energy_kwh": estimate / J_PER_KWH,
+        "facility_energy_kwh": facility / J_PER_KWH,
+        "realized_kg": realized / 1000 if figures else None,
+        "counterfactual_kg": cf / 1000 if figures else None,
+        "avoided_kg": avoided / 1000 if figures else None,
+        "avoided_pct": 100.0 * avoided / cf if figures and cf > 0 else None,
+        "embodied_kg": embodied / 1000 if embodied_n > 0 else None,
+        "delay_added_h": delay / 3600,
+        "mean_delay_h": delay / 3600 / jobs,
+        "deadline_misses": int(misses),
+        "status": {s: int(sums[i]) for i, s in _STATUS_AT if sums[i]},
+        "intensity": {k: int(sums[i]) for i, k in _KIND_AT if sums[i]},
+        "units": {u: a[0] for u, a in units.items()},
+        "energy_per_epoch_kwh": epoch[1] / epoch[0] / J_PER_KWH if epoch else None,
+        "g_per_inference": inference[2] / inference[0] if inference and figures else None,
+        "sci_g_per_unit": sci,
+    }
+
+
+def _order(item: tuple[tuple[Any, ...], _Group]) -> tuple[list[Any], str]:
+    # groups without a name (jobs without a project) sort first, rows without figures last
+    key = item[0]
+    return ["" if k is None else k for k in key[:-1]], key[-1] or "~"
 
 
 def _rows(
-    accs: dict[tuple[Any, ...], _Acc], name: Any = lambda key: str(key[0] or "-")
+    groups: dict[tuple[Any, ...], _Group], name: Any = lambda key: str(key[0] or "-")
 ) -> list[dict[str, Any]]:
-    """Rows of `accs` keyed by (group..., signal), sorted by group then signal (groups without
-    a name, such as jobs without a project, show as "-" and sort first)."""
-    items = sorted(
-        accs.items(),
-        key=lambda kv: (
-            tuple("" if k is None else k for k in kv[0][:-1]),
-            _signal_order(kv[0][-1]),
-        ),
-    )
-    return [acc.row(name(key), key[-1]) for key, acc in items]
+    """Rows of `groups` keyed by (group..., signal), sorted by group then signal (groups without
+    a name, such as jobs without a project, show as "-")."""
+    return [_row(name(key), key[-1], *group) for key, group in sorted(groups.items(), key=_order)]
 
 
 @dataclass
@@ -232,9 +225,8 @@ def build_report(
     by: GroupBy = "project",
     days: bool = False,
 ) -> Report:
-    """Aggregate the runs that finished in `[since, until)` in SQL (two grouped queries), and
-    roll the groups up into per-project rows and per-signal totals. With `days`, also the
-    daily sums.
+    """Aggregate the runs that finished in `[since, until)` (two queries), and roll the groups
+    up into per-project rows and per-signal totals. With `days`, also the daily sums.
 
     Job counts are exact by job, project and user; by zone or day a job whose runs fall in
     two groups counts in each (a job normally has one run).
@@ -246,22 +238,21 @@ def build_report(
         raise ValueError(f"--by {by!r} is not one of {', '.join(GROUPS)}")
     params = {"since": time_param(reader, since), "until": time_param(reader, until)}
     base = _fetch(reader, by, _dialect(reader), params, days)
-    rows = _accumulate(*base, lambda r: (r["g_key"], r["g_label"], r["g_signal"]))
-    totals = _accumulate(*base, lambda r: ("total", r["g_signal"]))
+    rows = _accumulate(base, ("g_key", "g_label", "g_signal"))
+    totals = _accumulate(base, ("g_signal",))
     projects = None
     if by != "project":
-        projects = _accumulate(*base, lambda r: (r["g_project"], r["g_signal"]))
+        projects = _accumulate(base, ("g_project", "g_signal"))
     daily: dict[str, list[tuple[date, float, float]]] = {}
     if days:
-        per_day = _accumulate(*base, lambda r: (r["g_day"], r["g_signal"]))
-        for row in _rows(per_day):
+        for row in _rows(_accumulate(base, ("g_day", "g_signal"))):
             if row["signal"] is not None:
                 day = date.fromisoformat(row["group"])
                 daily.setdefault(row["signal"], []).append(
                     (day, row["realized_kg"], row["avoided_kg"])
                 )
     name = (lambda k: f"{k[0]} {k[1]}") if by == "job" else (lambda k: str(k[0] or "-"))
-    total_rows = _rows(totals)
+    total_rows = _rows(totals, lambda k: "total")
     group_rows = _rows(rows, name)
     return Report(
         since=since,
@@ -275,60 +266,127 @@ def build_report(
     )
 
 
+#: The first columns of both queries of `_fetch`, in order; the sums (`_NUMS`) follow them,
+#: or the unit and its sums (`_UNIT_SUMS`).
+_HEAD = ("g_key", "g_label", "g_project", "g_day", "g_signal")
+_N = len(_HEAD)
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """The rows of `_fetch`'s two queries (as tuples), with their sums sliced off once for
+    every rollup."""
+
+    sums: list[tuple[Any, ...]]
+    values: list[tuple[Any, ...]]  # each row of `sums` without its head: `_NUMS`
+    units: list[tuple[Any, ...]]
+    unit_values: list[tuple[Any, ...]]  # each row of `units` after the unit: n, energy_j, ...
+
+
+def _tuples(reader: Reader, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    if isinstance(reader, SqliteReader):
+        return reader.tuples(sql, params)  # a by-job report reads 100,000 rows: no dicts
+    return [tuple(r.values()) for r in reader.query(sql, params)]
+
+
 def _fetch(
     reader: Reader, by: str, dialect: str, params: Mapping[str, Any], days: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> _Fetched:
     """The sums per group (and project, and day when `days`) and signal, and the marked units
     per group, signal and unit."""
     head, group = _group_sql(by, dialect, days)
-    # grouped by job, each group is one job: no need to count distinct ids
-    sums_sql = _SUMS.format(jobs="1" if by == "job" else "COUNT(DISTINCT r.job_id)")
-    sums = reader.query(
-        f"SELECT {head}, {sums_sql} FROM runs r JOIN jobs j ON j.id = r.job_id "
-        f"WHERE {_WHERE} GROUP BY {group}",
-        params,
-    )
-    units = reader.query(
-        f"SELECT {head}, {_UNIT_SUMS} FROM run_units u JOIN runs r ON r.id = u.run_id "
-        f"JOIN jobs j ON j.id = r.job_id WHERE {_WHERE} GROUP BY {group}, u.unit",
-        params,
-    )
-    return sums, units
+    runs = f"runs r JOIN jobs j ON j.id = r.job_id WHERE {_WHERE}"
+    units = "run_units u JOIN runs r ON r.id = u.run_id JOIN jobs j ON j.id = r.job_id"
+    units += f" WHERE {_WHERE}"
+    if by == "job":
+        # A group per job: over 100,000 jobs, SQLite's grouping and its 30 aggregates per group
+        # cost more than reading each run and adding up here the few jobs with several runs
+        # (in the order SQL would).
+        sums = _merged(
+            _tuples(
+                reader, f"SELECT {head}, {_RUN_FIGURES} FROM {runs} ORDER BY r.job_id, r.id", params
+            ),
+            _N,
+            one_job=True,
+        )
+        marked = _merged(
+            _tuples(
+                reader,
+                f"SELECT {head}, {_UNIT_RUN} FROM {units} ORDER BY r.job_id, r.id, u.id",
+                params,
+            ),
+            _N + 1,
+        )
+    else:
+        sums_sql = _SUMS.format(jobs="COUNT(DISTINCT r.job_id)")
+        sums = _tuples(reader, f"SELECT {head}, {sums_sql} FROM {runs} GROUP BY {group}", params)
+        marked = _tuples(
+            reader, f"SELECT {head}, {_UNIT_SUMS} FROM {units} GROUP BY {group}, u.unit", params
+        )
+    return _Fetched(sums, [r[_N:] for r in sums], marked, [r[_N + 1 :] for r in marked])
 
 
-_VALUES = itemgetter(*_NUMS)
-_UNIT_VALUES = itemgetter("n", "energy_j", "realized_g", "embodied_g")
-
-
-def _accumulate(
-    sums: list[dict[str, Any]],
-    units: list[dict[str, Any]],
-    key: Any,
-) -> dict[tuple[Any, ...], _Acc]:
-    """`sums` and `units` rows summed by `key(row)` (a tuple ending with the signal)."""
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in sums:
-        groups.setdefault(key(r), []).append(r)
-    accs = {k: _Acc(rows[0] if len(rows) == 1 else _sum(rows)) for k, rows in groups.items()}
-    per_unit: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in units:
-        per_unit.setdefault((*key(r), r["unit"]), []).append(r)
-    for (*k, unit), rows in per_unit.items():
-        found = accs.get(tuple(k))
+def _partition(keys: list[Any], items: list[Any]) -> dict[Any, list[Any]]:
+    """`items` grouped by their `keys`, in order."""
+    parts: dict[Any, list[Any]] = {}
+    for key, item in zip(keys, items, strict=True):
+        found = parts.get(key)
         if found is None:
+            parts[key] = [item]
+        else:
+            found.append(item)
+    return parts
+
+
+def _merged(
+    rows: list[tuple[Any, ...]], width: int, one_job: bool = False
+) -> list[tuple[Any, ...]]:
+    """Per-run `rows` summed per value of their first `width` columns, as SQL's ``GROUP BY``
+    would (``one_job``: the first sum is the job count, 1)."""
+    head = itemgetter(slice(0, width))
+    if len(dict.fromkeys(map(head, rows))) == len(rows):
+        return rows  # the usual case: one run per job (and signal, and day)
+    parts = _partition(list(map(head, rows)), rows)
+    merged = []
+    for key, group in parts.items():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        sums = _sum([r[width:] for r in group])
+        merged.append((*key, *((1, *sums[1:]) if one_job else sums)))
+    return merged
+
+
+def _keys(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """Each row's values of the head columns `names`, as a tuple."""
+    if len(names) == 1:
+        i = _HEAD.index(names[0])
+        return [(r[i],) for r in rows]
+    return list(map(itemgetter(*map(_HEAD.index, names)), rows))
+
+
+def _accumulate(base: _Fetched, names: tuple[str, ...]) -> dict[tuple[Any, ...], _Group]:
+    """The fetched sums and marked units summed per value of the head columns `names` (the
+    last one the signal). A by-job report rolls 100,000 groups up three times: rows stay
+    tuples, and sums are taken column by column with C-level helpers."""
+    groups: dict[tuple[Any, ...], _Group] = {
+        key: (rows[0] if len(rows) == 1 else _sum(rows), {})
+        for key, rows in _partition(_keys(base.sums, names), base.values).items()
+    }
+    unit_keys = list(zip(_keys(base.units, names), map(itemgetter(_N), base.units), strict=True))
+    for (key, unit), rows in _partition(unit_keys, base.unit_values).items():
+        group = groups.get(key)
+        if group is None:
             continue
         if len(rows) == 1:
-            found.units[unit] = [v or 0.0 for v in _UNIT_VALUES(rows[0])]
+            group[1][unit] = [v or 0.0 for v in rows[0]]
         else:
-            columns = zip(*map(_UNIT_VALUES, rows), strict=True)
-            found.units[unit] = [float(sum(filter(None, c))) for c in columns]
-    return accs
+            group[1][unit] = [float(sum(filter(None, c))) for c in zip(*rows, strict=True)]
+    return groups
 
 
-def _sum(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    # transposed with C-level helpers: a by-job report sums 100,000 rows per rollup
-    columns = zip(*map(_VALUES, rows), strict=True)
-    return {name: sum(filter(None, c)) for name, c in zip(_NUMS, columns, strict=True)}
+def _sum(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    return tuple(sum(filter(None, column)) for column in zip(*rows, strict=True))
 
 
 def top_jobs(reader: Reader, *, since: datetime, until: datetime, n: int) -> list[int]:
@@ -374,99 +432,3 @@ def _notes(totals: list[dict[str, Any]]) -> list[str]:
             "accounting.embodied_g_per_gpu_hour / embodied_g_per_host_hour"
         )
     return notes
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if type(value) is float:
-        return f"{value:.3g}" if -1000 < value < 1000 else f"{value:.0f}"
-    return str(value)
-
-
-TABLE_COLUMNS = (
-    ("group", "group"),
-    ("signal", "signal"),
-    ("jobs", "jobs"),
-    ("energy_kwh", "kWh"),
-    ("realized_kg", "kgCO2e"),
-    ("avoided_kg", "avoided kg"),
-    ("avoided_pct", "avoided %"),
-    ("mean_delay_h", "delay h/job"),
-    ("deadline_misses", "late"),
-    ("energy_per_epoch_kwh", "kWh/epoch"),
-    ("g_per_inference", "g/inference"),
-)
-
-
-def _status_text(row: Mapping[str, Any]) -> str:
-    parts = [f"{n} {s}" for s, n in row["status"].items()]
-    kinds = "/".join(row["intensity"]) or "-"
-    return f"{', '.join(parts)}; intensity {kinds}"
-
-
-def render_table(report: Report) -> str:
-    """The plain-text report: per-group rows, totals per signal, per-project figures, notes."""
-    lines = [
-        f"ecoq report {iso(report.since)} to {iso(report.until)}, by {report.by}",
-        "",
-    ]
-    lines += _table(report.rows, report.by)
-    lines += ["", "totals (each signal apart):"]
-    lines += _table(report.totals, "total")
-    for total in report.totals:
-        lines.append(f"  {total['signal'] or 'no figures'}: {_status_text(total)}")
-        sci = ", ".join(f"{g:.3g} g/{u}" for u, g in total["sci_g_per_unit"].items())
-        if sci:
-            lines.append(f"  SCI (O+M)/R: {sci}")
-    if report.by != "project":
-        lines += ["", "carbon per project:"]
-        lines += _table(report.projects, "project")
-    if report.notes:
-        lines += ["", "notes:"] + [f"  - {n}" for n in report.notes]
-    return "\n".join(lines)
-
-
-def _table(rows: list[dict[str, Any]], first: str) -> list[str]:
-    header = [first if key == "group" else title for key, title in TABLE_COLUMNS]
-    keys = [key for key, _ in TABLE_COLUMNS[1:]]
-    body = [[str(r["group"]), *[_fmt(r[key]) for key in keys]] for r in rows]
-    if not body:
-        return ["  (no finished runs in this period)"]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    out = ["  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    template = "  " + "  ".join(f"{{:{'<' if i < 2 else '>'}{w}}}" for i, w in enumerate(widths))
-    out.extend(template.format(*b) for b in body)
-    return out
-
-
-CSV_COLUMNS = (
-    "group",
-    "signal",
-    "jobs",
-    "runs",
-    "energy_kwh",
-    "estimate_energy_kwh",
-    "facility_energy_kwh",
-    "realized_kg",
-    "counterfactual_kg",
-    "avoided_kg",
-    "avoided_pct",
-    "embodied_kg",
-    "delay_added_h",
-    "deadline_misses",
-    "provisional_runs",
-    "energy_per_epoch_kwh",
-    "g_per_inference",
-)
-
-
-def render_csv(report: Report) -> str:
-    """One line per group and signal, then one ``TOTAL`` line per signal."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow((report.by, *CSV_COLUMNS[1:]))
-    for row in [*report.rows, *({**t, "group": "TOTAL"} for t in report.totals)]:
-        values = {**row, "provisional_runs": row["status"].get("provisional", 0)}
-        writer.writerow(["" if values[c] is None else values[c] for c in CSV_COLUMNS])
-    return out.getvalue()

@@ -154,13 +154,11 @@ def test_capacity_is_never_exceeded_and_planning_is_deterministic(
         assert p.late == (p.end > j.deadline)
 
 
-def test_capacity_benchmark_shape_is_fast_enough() -> None:
-    import time
-
+def test_benchmark_shape_more_jobs_than_room() -> None:
+    """The benchmark's shape (planning speed lives in benchmarks/, not in unit tests)."""
     fc = {"Z": forecast("Z", [float(100 + (i * 37) % 200) for i in range(72)])}
     sites = [Site("a", "Z", gpus=8)]
     jobs = [job(k, 1 + k % 5, 24 + k % 40, gpus=1) for k in range(300)]
-    began = time.perf_counter()
     placed = plan_jobs(jobs, sites, fc, now=T0)
-    assert time.perf_counter() - began < 20
     assert peak_use(placed, jobs, "a")[0] <= 8
+    assert any(p.warning for p in placed) and any(p.warning is None for p in placed)

@@ -160,3 +160,55 @@ def test_best_window_matches_brute_force(
         assert m[0] == pytest.approx(low, rel=1e-9, abs=1e-9)
         want = next(x for x, v in zip(range(e, latest + 1), means, strict=True) if v <= low + 1e-7)
         assert s[0] == pytest.approx(want * tick * 60.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([5, 15, 30, 60]),
+    st.lists(st.one_of(st.integers(0, 500), st.floats(0, 500)), min_size=2, max_size=40),
+    st.lists(st.integers(1, 60), min_size=1, max_size=6, unique=True),
+    st.sampled_from(["interval", "trapezoid"]),
+    st.data(),
+)
+def test_whole_cell_windows_score_exactly_as_window_means(
+    step_min: int, values: list[float], cells: list[int], rule: str, data: st.DataObject
+) -> None:
+    """Windows of whole cells are scored from the boundaries' integrals (a fast path): the same
+    values, bit for bit, as `window_means` computes window by window."""
+    fc = forecast([float(v) for v in values], step=timedelta(minutes=step_min))
+    gap = data.draw(st.integers(0, len(values) - 1))
+    fc = Forecast("Z", "average", "t", "t", T0, fc.step, fc.points[:gap] + fc.points[gap + 1 :])
+    curve = build_curve(fc, start=T0 - data.draw(st.integers(0, 2)) * fc.step, end=fc.end + HOUR,
+                        rule=rule)  # type: ignore[arg-type]  # fmt: skip
+    durations = np.unique(np.array(cells, dtype=np.float64) * curve.tick_s)
+    cands = Candidates.build(curve, durations, FLAT)
+    for r, d in enumerate(durations):
+        n = int(cands.row_len[r])
+        starts = cands.starts[r * cands.width : r * cands.width + n]
+        want = window_means(curve, starts, np.full(n, d), FLAT)
+        assert np.array_equal(cands.scores[r * cands.width : r * cands.width + n], want)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(0, 500), min_size=2, max_size=30),
+    st.lists(st.integers(1, 12), min_size=1, max_size=4, unique=True),
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=20),
+)
+def test_running_minima_and_sparse_table_answer_alike(
+    values: list[int], lengths: list[int], windows: list[tuple[int, int]]
+) -> None:
+    """`Candidates.best` takes running minima when jobs share their earliest starts, else a
+    sparse table: the same answers either way (for starts on the grid, as the engine asks)."""
+    windows = [(min(a, 2 * len(values)), min(b, 2 * len(values))) for a, b in windows]
+    fc = forecast([float(v) for v in values], step=timedelta(minutes=30))
+    curve = build_curve(fc, start=fc.start, end=fc.end)
+    durs = np.unique(np.array(lengths, dtype=np.float64) * 900.0)
+    cands = Candidates.build(curve, durs, FLAT)
+    rows = np.array([k % len(durs) for k in range(len(windows))])
+    earliest = np.array([a * 900.0 for a, _ in windows])
+    latest = np.array([b * 900.0 for _, b in windows])
+    got = cands.best(rows, earliest, latest, method="prefix")
+    want = cands.best(rows, earliest, latest, method="table")
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w)

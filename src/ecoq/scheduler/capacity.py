@@ -1,9 +1,10 @@
 """Capacity over time, and the plan pieces the placing engine (`ecoq.scheduler.engine`) shares.
 
-`Usage` counts the GPUs and jobs each site has in use in every cell of its zone's grid. The fit
-functions find, for one job, the cleanest window (or interruptible slots) that still fits a
-site's capacity by the deadline, or else the earliest start that fits. A stopped (SIGSTOP) pause
-keeps its GPUs and job slot busy; a checkpoint pause frees them.
+`Usage` counts the GPUs and jobs each site has in use in every cell of its zone's grid, and keeps
+where a job of each GPU count still fits (capacity only fills up while planning, so these are
+updated, never recomputed). `fit_slots` finds, for one job, the cleanest interruptible slots that
+still fit by the deadline (the contiguous search is `ecoq.scheduler.fitting`). A stopped
+(SIGSTOP) pause keeps its GPUs and job slot busy; a checkpoint pause frees them.
 
 Times are epoch seconds (floats) here; each zone's grid converts them to its own seconds.
 """
@@ -11,13 +12,17 @@ Times are epoch seconds (floats) here; each zone's grid converts them to its own
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from math import ceil, floor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecoq.scheduler.interruptible import SlotPlan, plan_slots
+from ecoq.scheduler.interruptible import SlotCache, SlotPlan, SlotProblem, plan_slots_many
 from ecoq.scheduler.planning import JobRequest
-from ecoq.scheduler.scoring import TIE_REL, Bools, Candidates, Curve, Floats, Ints, window_means
+from ecoq.scheduler.scoring import TIE_REL, Bools, Candidates, Curve, Floats, Ints
 from ecoq.scheduler.sites import Site
+
+if TYPE_CHECKING:
+    from ecoq.scheduler.fitting import Prefix, RowCells
 
 __all__ = [
     "Choice",
@@ -27,9 +32,8 @@ __all__ = [
     "better",
     "cells_ok",
     "dt",
-    "fit_contiguous",
     "fit_slots",
-    "slot_inputs",
+    "slot_problem",
     "slots_choice",
     "take",
     "ts",
@@ -40,8 +44,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPS = 1e-6
 
 
+_SECOND = timedelta(seconds=1)
+
+
 def ts(t: datetime) -> float:
-    return (t - _EPOCH) / timedelta(seconds=1)
+    return (t - _EPOCH) / _SECOND
 
 
 def dt(s: float) -> datetime:
@@ -49,13 +56,24 @@ def dt(s: float) -> datetime:
 
 
 class Usage:
-    """GPUs and jobs in use in each cell of one site's grid; cells past the grid are free."""
+    """GPUs and jobs in use in each cell of one site's grid; cells past the grid are free.
+
+    What fits where is cached per GPU count and kept up to date by `add` (cells only ever fill
+    up while planning), with a change count per GPU count (`version`)."""
 
     def __init__(self, site: Site, n: int) -> None:
         self.site = site
         self.gpus = np.zeros(n, dtype=np.int64)
         self.jobs = np.zeros(n, dtype=np.int64)
+        self._free: dict[int, Bools] = {}
         self._blocked: dict[int, Ints] = {}
+        self._after: dict[int, int] = {}
+        self._changes: dict[int, int] = {}
+        self._grown = 0
+
+    def version(self, gpus: int) -> tuple[int, int]:
+        """Changes so far to where a job with `gpus` GPUs fits (equal: nothing changed)."""
+        return self._grown, self._changes.get(gpus, 0)
 
     def add(self, c0: int, c1: int, gpus: int, slots: int = 1) -> None:
         """Take `gpus` and `slots` over cells `[c0, c1)` (growing past the grid if need be)."""
@@ -63,18 +81,54 @@ class Usage:
             grow = max(c1, 2 * len(self.gpus)) - len(self.gpus)
             self.gpus = np.concatenate((self.gpus, np.zeros(grow, dtype=np.int64)))
             self.jobs = np.concatenate((self.jobs, np.zeros(grow, dtype=np.int64)))
-        self.gpus[max(c0, 0) : max(c1, 0)] += gpus
-        self.jobs[max(c0, 0) : max(c1, 0)] += slots
-        self._blocked.clear()
+            self._free.clear()
+            self._blocked.clear()
+            self._after.clear()
+            self._grown += 1
+        a, b = max(c0, 0), max(c1, 0)
+        self.gpus[a:b] += gpus
+        self.jobs[a:b] += slots
+        if b <= a or not self._free:
+            return
+        cap_g, cap_j = self.site.gpus, self.site.slots
+        used_g, used_j = self.gpus[a:b], self.jobs[a:b]
+        top_g = int(used_g.max()) if cap_g is not None else 0
+        no_slot = None
+        if cap_j is not None and int(used_j.max()) >= cap_j:
+            no_slot = used_j >= cap_j
+        for g, free in self._free.items():
+            cannot = no_slot
+            if cap_g is not None and top_g + g > cap_g:
+                no_gpus = used_g > cap_g - g
+                cannot = no_gpus if no_slot is None else no_gpus | no_slot
+            if cannot is None:
+                continue  # every cell taken still has room for one more such job
+            full = free[a:b] & cannot  # cells that just filled up
+            if not full.any():
+                continue
+            free[a:b] &= ~full
+            self._changes[g] = self._changes.get(g, 0) + 1
+            counts = self._blocked.get(g)
+            if counts is not None:  # prefix counts: the new cells count from where they are
+                more = np.cumsum(full)
+                counts[a + 1 : b + 1] += more
+                counts[b + 1 :] += more[-1]
+            if g in self._after:
+                self._after[g] = max(self._after[g], a + int(np.flatnonzero(full)[-1]) + 1)
+
+    def _fits(self, gpus: int, cells: slice) -> Bools:
+        ok = np.ones(len(self.gpus[cells]), dtype=np.bool_)
+        if self.site.gpus is not None:
+            ok &= self.gpus[cells] + gpus <= self.site.gpus
+        if self.site.slots is not None:
+            ok &= self.jobs[cells] + 1 <= self.site.slots
+        return ok
 
     def free(self, gpus: int) -> Bools:
-        """Cells where one more job with `gpus` GPUs fits."""
-        ok = np.ones(len(self.gpus), dtype=np.bool_)
-        if self.site.gpus is not None:
-            ok &= self.gpus + gpus <= self.site.gpus
-        if self.site.slots is not None:
-            ok &= self.jobs + 1 <= self.site.slots
-        return ok
+        """Cells where one more job with `gpus` GPUs fits (a cached array: do not modify it)."""
+        if gpus not in self._free:
+            self._free[gpus] = self._fits(gpus, slice(None))
+        return self._free[gpus]
 
     def blocked(self, gpus: int) -> Ints:
         """Prefix counts of cells where a job with `gpus` GPUs does not fit (`n + 1` values)."""
@@ -84,8 +138,10 @@ class Usage:
 
     def free_after(self, gpus: int) -> int:
         """The cell after the last one where a job with `gpus` GPUs does not fit (0 if none)."""
-        busy = np.flatnonzero(~self.free(gpus))
-        return int(busy[-1]) + 1 if len(busy) else 0
+        if gpus not in self._after:
+            busy = np.flatnonzero(~self.free(gpus))
+            self._after[gpus] = int(busy[-1]) + 1 if len(busy) else 0
+        return self._after[gpus]
 
     def fits(self, c0: int, c1: int, gpus: int) -> bool:
         """Whether a job with `gpus` GPUs fits over cells `[c0, c1)`."""
@@ -108,10 +164,13 @@ class ZoneGrid:
     costs: Floats
     cands: dict[tuple[float, ...], Candidates] = field(default_factory=dict)
     rows: dict[tuple[tuple[float, ...], float], int] = field(default_factory=dict)
+    cells: "dict[tuple[float, ...], RowCells]" = field(default_factory=dict)
     origin_s: float = 0.0
+    covered: bool = False  # whether any cell is forecast
 
     def __post_init__(self) -> None:
         self.origin_s = ts(self.curve.origin)
+        self.covered = bool(self.curve.covered.any())
 
     def sec(self, epoch_s: float) -> float:
         """Epoch seconds as seconds on this grid."""
@@ -147,156 +206,116 @@ class Context:
     min_saving: float
     site_index: dict[str, int]
     ends: dict[str, Floats] = field(default_factory=dict)  # zone → job × (first, last) means
+    #: zone → per job: `fitting`'s row bounds (lo, hi) and whether its fast path applies
+    fit_bounds: dict[str, tuple[Ints, Ints, Bools]] = field(default_factory=dict)
+    fit_lists: dict[str, tuple[list[int], list[int], list[bool]]] = field(default_factory=dict)
     lower: Floats = field(default_factory=lambda: np.zeros((0, 0)))  # job × site best mean
     lower_start: Floats = field(default_factory=lambda: np.zeros((0, 0)))  # and its start
+    now_mean: Floats = field(default_factory=lambda: np.zeros((0, 0)))  # job × site, start now
+    count: Ints = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # candidates
+    rank: Ints = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # site order
+    runs: dict[tuple[int, float], tuple[Floats, Floats]] = field(default_factory=dict)
+    #: `fitting`'s running minima of fitting windows, by (site, GPUs, profile, row, first).
+    prefix: "dict[tuple[int, int, tuple[float, ...], int, int], Prefix]" = field(
+        default_factory=dict
+    )
+    idle_any: dict[int, bool] = field(default_factory=dict)  # id(idle) → any idle cost
+    #: (job, site) → its slot plan without capacity (None: none), for interruptible jobs
+    free_slots: dict[tuple[int, int], SlotPlan | None] = field(default_factory=dict)
+    #: (site, pause cost ratio, stopped, GPUs) → site version, run and idle with free cells
+    masked: dict[tuple[int, float, bool, int], tuple[tuple[int, int], Floats, Floats]] = field(
+        default_factory=dict
+    )
+    #: (site, GPUs) → the site's version, and slot DP tables by (id(run), id(idle))
+    _tables: dict[tuple[int, int], tuple[tuple[int, int], dict[tuple[int, int], SlotCache]]] = (
+        field(default_factory=dict)
+    )
+
+    def __post_init__(self) -> None:
+        # Python floats for the per-job loop (the same values; numpy scalars are slow there).
+        self.el: list[float] = self.e.tolist()
+        self.dll: list[float] = self.dl.tolist()
+        self.durl: list[float] = self.dur.tolist()
+
+    def slot_tables(
+        self, si: int, gpus: int, version: tuple[int, int], run: int, idle: int
+    ) -> SlotCache:
+        """The slot DP cache for masked arrays `run`, `idle` (ids) at a site, emptied whenever
+        the site's free cells for `gpus` change."""
+        held = self._tables.get((si, gpus))
+        if held is None or held[0] != version:
+            held = self._tables[(si, gpus)] = (version, {})
+        return held[1].setdefault((run, idle), {})
 
     def zone_of(self, si: int) -> ZoneGrid:
         return self.zones[self.sites[si].zone]
 
 
-def slot_inputs(
-    ctx: Context, j: int, si: int, free: Bools | None = None
-) -> tuple[Floats, Floats, int, int, int, int] | None:
+def slot_problem(ctx: Context, j: int, si: int, free: Bools | None = None) -> SlotProblem | None:
+    """Job `j`'s slot problem at site `si` (None when no forecast covers the site's zone), with
+    only the cells in `free` (`usage.free(job.gpus)`, as it is now) usable. Jobs with the same
+    pause costs at a site get the same `run`/`idle` arrays (until a cell there fills up), so
+    `plan_slots_many` can share their DP tables."""
     job, site, zone = ctx.jobs[j], ctx.sites[si], ctx.zone_of(si)
-    if not zone.curve.covered.any():
+    if not zone.covered:
         return None
     tick = zone.curve.tick_s
-    run = zone.costs * site.pue
     ratio = 0.0
     if job.pause == "stop":
         ratio = job.gpus * site.idle_w_per_gpu / 1000.0 / job.power_kw
-    idle = run * ratio if ratio > 0 else np.zeros_like(run)
+    if (si, ratio) not in ctx.runs:
+        run = zone.costs * site.pue
+        ctx.runs[(si, ratio)] = (run, run * ratio if ratio > 0 else np.zeros_like(run))
+    run, idle = ctx.runs[(si, ratio)]
     if free is not None:
-        free = free[: len(run)]  # usage may have grown past the grid
-        run = np.where(free, run, np.inf)
-        if job.pause == "stop":
-            idle = np.where(free, idle, np.inf)
-    first = ceil(zone.sec(float(ctx.e[j])) / tick - _EPS)
-    stop = floor(zone.sec(float(ctx.dl[j])) / tick + _EPS)
-    need = ceil(float(ctx.dur[j]) / tick - _EPS)
+        usage = ctx.usage[si]
+        key = (si, ratio, job.pause == "stop", job.gpus)
+        masked = ctx.masked.get(key)
+        if masked is None or masked[0] != usage.version(job.gpus):
+            usable = free[: len(run)]  # usage may have grown past the grid
+            stopped = np.where(usable, idle, np.inf) if job.pause == "stop" else idle
+            masked = (usage.version(job.gpus), np.where(usable, run, np.inf), stopped)
+            ctx.masked[key] = masked
+        run, idle = masked[1], masked[2]
+    first = ceil(zone.sec(ctx.el[j]) / tick - _EPS)
+    stop = floor(zone.sec(ctx.dll[j]) / tick + _EPS)
+    need = ceil(ctx.durl[j] / tick - _EPS)
     min_cells = max(1, ceil(job.min_segment / timedelta(seconds=tick) - _EPS))
-    return run, idle, first, stop, need, min_cells
+    return SlotProblem(run, idle, first, stop, need, job.max_pauses, min_cells, job.state)
 
 
 def slots_choice(ctx: Context, j: int, si: int, plan: SlotPlan) -> Choice:
     zone = ctx.zone_of(si)
     origin, tick = zone.origin_s, zone.curve.tick_s
-    left = float(ctx.dur[j])
+    left = ctx.durl[j]
     segs: list[tuple[float, float]] = []
     for a, b in plan.segments:
         s0 = origin + a * tick
         length = min((b - a) * tick, left)
         segs.append((s0, s0 + length))
         left -= length
-    need = ceil(float(ctx.dur[j]) / tick - _EPS)
+    need = ceil(ctx.durl[j] / tick - _EPS)
     hold: list[tuple[float, float]] = []
     if ctx.jobs[j].pause == "stop":
         hold = [(segs[i][1], segs[i + 1][0]) for i in range(len(segs) - 1)]
     return Choice(si, segs, plan.cost / need, hold)
 
 
-_Option = tuple[float, float, int, int]  # (mean, start, list order, site) or (start, mean, ...)
-
-
-def _site_fit(
-    ctx: Context, j: int, si: int, order: int, want_best: bool
-) -> tuple[_Option | None, _Option | None]:
-    """At one site: the best window that fits by the deadline (mean, start, order, site) and the
-    earliest window that fits at all (start, mean, order, site)."""
-    job = ctx.jobs[j]
-    e, latest, d = float(ctx.e[j]), float(ctx.dl[j] - ctx.dur[j]), float(ctx.dur[j])
-    zone, usage = ctx.zone_of(si), ctx.usage[si]
-    if not usage.ever_fits(job.gpus):
-        return None, None
-    origin = zone.origin_s
-    beyond = max(zone.curve.span_s, usage.free_after(job.gpus) * zone.curve.tick_s)
-    s = np.array([e, max(e, latest), max(e, origin + beyond)]) - origin
-    known = ctx.ends.get(ctx.sites[si].zone)
-    if known is None:
-        m = window_means(zone.curve, s, np.full(3, d), weights_of(job.profile))
-    else:
-        m = np.array([known[j, 0], known[j, 1], np.inf])
-    cands = zone.cands.get(job.profile)
-    r = zone.rows.get((job.profile, d))
-    if cands is not None and r is not None:
-        base = r * cands.stride - origin
-        lo = int(np.searchsorted(cands.keys, base + e, side="right"))
-        if want_best:
-            hi = int(np.searchsorted(cands.keys, base + latest, side="left"))
-        else:
-            hi = r * cands.width + int(cands.row_len[r])
-        s = np.concatenate((s, cands.starts[lo:hi]))
-        m = np.concatenate((m, cands.scores[lo:hi]))
-        by_time = np.argsort(s, kind="stable")
-        s, m = s[by_time], m[by_time]
-    m = m * ctx.sites[si].pue
-    tick = zone.curve.tick_s
-    c0 = np.floor(s / tick + _EPS).astype(np.int64)
-    c1 = np.ceil((s + d) / tick - _EPS).astype(np.int64)
-    blocked = usage.blocked(job.gpus)
-    n = len(blocked) - 1
-    ok = blocked[np.minimum(c1, n)] == blocked[np.minimum(np.maximum(c0, 0), n)]
-    best: _Option | None = None
-    good = ok & (s + origin <= latest + _EPS)
-    if want_best and good.any():
-        mm = np.where(good, m, np.inf)
-        low = float(mm.min())
-        if np.isfinite(low):
-            i = int(np.flatnonzero(mm <= low + TIE_REL * max(abs(low), 1.0))[0])
-            best = (low, float(s[i] + origin), order, si)
-    first: _Option | None = None
-    if not want_best and ok.any():
-        i = int(np.flatnonzero(ok)[0])
-        first = (float(s[i] + origin), float(m[i]), order, si)
-    return best, first
-
-
-def fit_contiguous(ctx: Context, j: int, asap: bool) -> tuple[Choice | None, bool]:
-    """The best window that fits capacity by the deadline (or, with `asap` or when none does,
-    the earliest that fits). Returns the choice and whether it meets the deadline.
-
-    Sites are tried from the lowest unconstrained mean (a lower bound) up, and the search stops
-    once a fitting window beats every remaining bound."""
-    job = ctx.jobs[j]
-    d = float(ctx.dur[j])
-    listed = [(ctx.site_index[name], order) for order, name in enumerate(job.sites)]
-    if not asap:
-        listed.sort(key=lambda x: (float(ctx.lower[j, x[0]]), x[1]))
-        found: list[_Option] = []
-        for si, order in listed:
-            bound = float(ctx.lower[j, si])
-            if found:
-                top = min(o[0] for o in found)
-                if bound > top + TIE_REL * max(abs(top), 1.0):
-                    break
-            start = float(ctx.lower_start[j, si])
-            quick = Choice(si, [(start, start + d)], bound, [])
-            if np.isfinite(bound) and cells_ok(ctx, j, quick):
-                found.append((bound, start, order, si))
-                continue
-            best, _ = _site_fit(ctx, j, si, order, want_best=True)
-            if best is not None:
-                found.append(best)
-        if found:
-            low = min(o[0] for o in found)
-            tol = TIE_REL * max(abs(low), 1.0)
-            mean, t0, _, si = min((o for o in found if o[0] <= low + tol), key=lambda o: o[1:3])
-            return Choice(si, [(t0, t0 + d)], mean, []), True
-    anytime = [f for si, order in listed if (f := _site_fit(ctx, j, si, order, False)[1])]
-    if not anytime:
-        return None, False
-    t0, mean, _, si = min(anytime)
-    return Choice(si, [(t0, t0 + d)], mean, []), t0 <= float(ctx.dl[j]) - d + _EPS
-
-
 def cells_ok(ctx: Context, j: int, choice: Choice) -> bool:
-    zone, usage = ctx.zone_of(choice.site), ctx.usage[choice.site]
-    if not usage.site.limited:
+    """Whether the choice's segments (and held pauses) fit its site's capacity now."""
+    usage = ctx.usage[choice.site]
+    if usage.site.gpus is None and usage.site.slots is None:
         return True
-    gpus = ctx.jobs[j].gpus
-    for a, b in choice.segments + choice.hold:
-        c0, c1 = zone.cell_range(a, b)
-        if not usage.fits(c0, c1, gpus):
+    zone = ctx.zones[usage.site.zone]
+    blocked = usage.blocked(ctx.jobs[j].gpus)
+    n = len(blocked) - 1
+    origin, tick = zone.origin_s, zone.curve.tick_s
+    for a, b in choice.segments + choice.hold if choice.hold else choice.segments:
+        # As `ZoneGrid.cell_range` and `Usage.fits` compute them.
+        c0, c1 = floor((a - origin) / tick + _EPS), ceil((b - origin) / tick - _EPS)
+        c0 = 0 if c0 < 0 else n if c0 > n else c0
+        c1 = 0 if c1 < 0 else n if c1 > n else c1
+        if blocked[c1] != blocked[c0]:
             return False
     return True
 
@@ -311,24 +330,50 @@ def take(ctx: Context, j: int, choice: Choice) -> None:
 
 
 def fit_slots(ctx: Context, j: int) -> Choice | None:
-    """The best slot plan that fits capacity by the deadline, over the job's sites."""
+    """The best slot plan that fits capacity by the deadline, over the job's sites (in their
+    order; a later site's plan must be cleaner by more than the tie tolerance).
+
+    The plan without capacity (`free_slots`, when known) bounds each site's: a site whose
+    bound is no better than the best so far is not searched (its plan could not replace it),
+    and a `clear` plan whose cells (and stopped time) are all still free is the answer as it
+    is. Otherwise the DP runs on the free cells, its tables kept until a cell there fills up."""
+    gpus = ctx.jobs[j].gpus
     best: Choice | None = None
     for name in ctx.jobs[j].sites:
         si = ctx.site_index[name]
-        inputs = slot_inputs(ctx, j, si, ctx.usage[si].free(ctx.jobs[j].gpus))
-        if inputs is None:
+        known = (j, si) in ctx.free_slots
+        free = ctx.free_slots.get((j, si))
+        if known and free is None:  # no plan even without capacity
             continue
-        run, idle, first, stop, need, min_cells = inputs
-        job = ctx.jobs[j]
-        plan = plan_slots(
-            run, idle, first, stop, need,
-            max_pauses=job.max_pauses, min_cells=min_cells, start=job.state,
-        )  # fmt: skip
-        if plan is not None:
-            choice = slots_choice(ctx, j, si, plan)
-            if best is None or choice.mean < best.mean - TIE_REL * max(abs(best.mean), 1.0):
-                best = choice
+        bound = slots_choice(ctx, j, si, free).mean if free is not None else -np.inf
+        if best is not None and bound >= best.mean:  # could not replace the best
+            continue
+        usage = ctx.usage[si]
+        p = slot_problem(ctx, j, si, usage.free(gpus))
+        if p is None:
+            continue
+        plan = free if free is not None and free.clear and _still_free(p, free) else None
+        if plan is None:
+            cache = ctx.slot_tables(si, gpus, usage.version(gpus), id(p.run), id(p.idle))
+            [plan] = plan_slots_many([p], [cache])
+            if plan is None:
+                continue
+        choice = slots_choice(ctx, j, si, plan)
+        if best is None or choice.mean < best.mean - TIE_REL * max(abs(best.mean), 1.0):
+            best = choice
     return best
+
+
+def _still_free(p: SlotProblem, plan: SlotPlan) -> bool:
+    """Whether every cell `plan` runs in, and every cell it is stopped in (between segments, or
+    from the window's start for a job already running or paused), is as cheap in `p` (only
+    free cells usable) as without capacity: then it costs the same."""
+    start = max(p.first, 0) if p.start != "new" else plan.segments[0][0]
+    for a, b in plan.segments:
+        if not (np.isfinite(p.idle[start:a]).all() and np.isfinite(p.run[a:b]).all()):
+            return False
+        start = b
+    return True
 
 
 def better(a: Choice | None, b: Choice | None) -> Choice | None:

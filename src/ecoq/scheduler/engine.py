@@ -2,13 +2,15 @@
 
 1. Score (vectorised, per zone): every job's cleanest contiguous window at every allowed site
    (`scoring.Candidates`, jobs grouped by length), and for interruptible jobs the cleanest slots
-   (`interruptible`; many unlimited-pause jobs at once by `cheapest_batch`).
+   (`interruptible`; many unlimited-pause jobs at once by `cheapest_batch`, the others with DP
+   tables shared by the jobs that start at the same cell).
 2. Choose per job: the lowest intensity × PUE over sites (ties: earlier start, then the order the
    job lists its sites), interruptible slots when they beat the best window; "run now" when the
    saving against starting now at home is below `min_saving`.
 3. Fit capacity, in order of least slack: keep the choice when the site has room for it over
-   time (GPUs and job slots per cell), else take the best plan that fits, else the earliest
-   feasible start, with a warning. A stopped (SIGSTOP) pause keeps its GPUs and slot busy.
+   time (GPUs and job slots per cell), else take the best plan that fits (`fitting`, and
+   `capacity.fit_slots` for interruptible jobs), else the earliest feasible start, with a
+   warning. A stopped (SIGSTOP) pause keeps its GPUs and slot busy.
 
 Times are epoch seconds (floats) here; each zone's grid converts them to its own seconds.
 """
@@ -16,6 +18,7 @@ Times are epoch seconds (floats) here; each zone's grid converts them to its own
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from math import isfinite
 
 import numpy as np
 
@@ -28,15 +31,15 @@ from ecoq.scheduler.capacity import (
     better,
     cells_ok,
     dt,
-    fit_contiguous,
     fit_slots,
-    slot_inputs,
+    slot_problem,
     slots_choice,
     take,
     ts,
     weights_of,
 )
-from ecoq.scheduler.interruptible import SlotPlan, cheapest_batch, plan_slots, segments_of
+from ecoq.scheduler.fitting import fit_bounds, fit_contiguous
+from ecoq.scheduler.interruptible import SlotPlan, cheapest_batch, plan_slots_many, segments_of
 from ecoq.scheduler.planning import JobRequest, Placement, Reservation, Rule, Segment
 from ecoq.scheduler.scoring import (
     TIE_REL,
@@ -106,6 +109,7 @@ def _score_contiguous(ctx: Context, allowed: Bools) -> tuple[Floats, Floats, Flo
             ctx.ends.setdefault(zname, np.full((len(ctx.jobs), 2), np.inf))[idx] = np.stack(
                 (first_m, last_m), axis=1
             )
+            fit_bounds(ctx, zname, cands, idx, rows)
             for si in zsites:
                 pue = ctx.sites[si].pue
                 ok = allowed[idx, si]
@@ -118,22 +122,23 @@ def _score_contiguous(ctx: Context, allowed: Bools) -> tuple[Floats, Floats, Flo
 
 
 def _interruptible(ctx: Context, todo: list[tuple[int, int]]) -> dict[tuple[int, int], Choice]:
-    """Slot plans for (job, site) pairs without capacity; unlimited free pauses in batches."""
+    """Slot plans for (job, site) pairs without capacity; unlimited free pauses in batches,
+    the others with shared DP tables (`plan_slots_many`)."""
     out: dict[tuple[int, int], Choice] = {}
     batches: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+    asked: list[tuple[int, int]] = []
+    problems = []
     for j, si in todo:
-        inputs = slot_inputs(ctx, j, si)
-        if inputs is None:
+        p = slot_problem(ctx, j, si)
+        if p is None:
             continue
-        run, idle, first, stop, need, min_cells = inputs
-        job = ctx.jobs[j]
-        if job.max_pauses is None and min_cells == 1 and not np.any(idle > 0):
-            batches.setdefault((si, need), []).append((j, first, stop, need))
+        if p.max_pauses is None and p.min_cells == 1 and not _any_idle(ctx, p.idle):
+            batches.setdefault((si, p.need), []).append((j, p.first, p.stop, p.need))
             continue
-        plan = plan_slots(
-            run, idle, first, stop, need,
-            max_pauses=job.max_pauses, min_cells=min_cells, start=job.state,
-        )  # fmt: skip
+        asked.append((j, si))
+        problems.append(p)
+    for (j, si), plan in zip(asked, plan_slots_many(problems), strict=True):
+        ctx.free_slots[(j, si)] = plan
         if plan is not None:
             out[(j, si)] = slots_choice(ctx, j, si, plan)
     for (si, need), items in batches.items():
@@ -143,10 +148,60 @@ def _interruptible(ctx: Context, todo: list[tuple[int, int]]) -> dict[tuple[int,
         stops = np.array([min(s, len(run)) for _, _, s, _ in items], dtype=np.int64)
         sums, cells = cheapest_batch(run, firsts, np.maximum(stops, firsts), need)
         for row, (j, _, _, _) in enumerate(items):
+            ctx.free_slots[(j, si)] = None
             if np.isfinite(sums[row]):
-                plan = SlotPlan(segments_of(cells[row]), float(sums[row]))
+                # Not `clear`: ties may be broken otherwise than `plan_slots` breaks them.
+                plan = SlotPlan(segments_of(cells[row]), float(sums[row]), clear=False)
+                ctx.free_slots[(j, si)] = plan
                 out[(j, si)] = slots_choice(ctx, j, si, plan)
     return out
+
+
+def _any_idle(ctx: Context, idle: Floats) -> bool:
+    key = id(idle)
+    if key not in ctx.idle_any:
+        ctx.idle_any[key] = bool(np.any(idle > 0))
+    return ctx.idle_any[key]
+
+
+def build_context(
+    jobs: list[JobRequest],
+    sites: list[Site],
+    forecasts: Mapping[str, Forecast],
+    *,
+    now: datetime,
+    fallbacks: Mapping[str, Forecast],
+    reservations: list[Reservation],
+    min_saving: float,
+    rule: Rule,
+) -> Context:
+    """Steps 1 and 2's scoring for `place_jobs` (non-empty `jobs`): grids, capacity taken by
+    `reservations`, and every job's cleanest window at every allowed site."""
+    site_index = {s.name: i for i, s in enumerate(sites)}
+    now_s = ts(now)
+    second = timedelta(seconds=1)
+    e = np.array([max(ts(j.earliest_start), now_s) for j in jobs])
+    dl = np.array([ts(j.deadline) for j in jobs])
+    dur = np.array([j.duration / second for j in jobs])
+    horizon = max(float(dl.max()), float((e + dur).max()), *(ts(r.end) for r in reservations))
+    end = dt(horizon + float(dur.max()) + 3600.0)
+    zones = _build_zones(jobs, sites, site_index, forecasts, fallbacks, dt(now_s), end, rule)
+    usage = [Usage(s, zones[s.zone].curve.n) if s.zone in zones else Usage(s, 0) for s in sites]
+    ctx = Context(jobs, sites, zones, usage, e, dl, dur, min_saving, site_index)
+    for r in reservations:
+        si = site_index[r.site]
+        if sites[si].zone in zones:
+            c0, c1 = zones[sites[si].zone].cell_range(ts(r.start), ts(r.end))
+            usage[si].add(c0, c1, r.gpus, r.slots)
+    counts = np.array([len(job.sites) for job in jobs], dtype=np.int64)
+    pj = np.repeat(np.arange(len(jobs)), counts)
+    ps = np.array([site_index[n] for job in jobs for n in job.sites], dtype=np.int64)
+    po = np.arange(len(ps)) - np.repeat(np.cumsum(counts) - counts, counts)
+    rank = np.full((len(jobs), len(sites)), len(sites))
+    rank[pj, ps] = po
+    start, mean, now_m, count = _score_contiguous(ctx, rank < len(sites))
+    ctx.lower, ctx.lower_start, ctx.now_mean, ctx.count, ctx.rank = mean, start, now_m, count, rank
+    return ctx
 
 
 def place_jobs(
@@ -163,27 +218,12 @@ def place_jobs(
     """See `ecoq.scheduler.planning.plan_jobs` (which validates the arguments)."""
     if not jobs:
         return []
-    site_index = {s.name: i for i, s in enumerate(sites)}
-    now_s = ts(now)
-    e = np.array([max(ts(j.earliest_start), now_s) for j in jobs])
-    dl = np.array([ts(j.deadline) for j in jobs])
-    dur = np.array([j.duration / timedelta(seconds=1) for j in jobs])
-    horizon = max(float(dl.max()), float((e + dur).max()), *(ts(r.end) for r in reservations))
-    end = dt(horizon + float(dur.max()) + 3600.0)
-    zones = _build_zones(jobs, sites, site_index, forecasts, fallbacks, dt(now_s), end, rule)
-    usage = [Usage(s, zones[s.zone].curve.n) if s.zone in zones else Usage(s, 0) for s in sites]
-    ctx = Context(jobs, sites, zones, usage, e, dl, dur, min_saving, site_index)
-    for r in reservations:
-        si = site_index[r.site]
-        if sites[si].zone in zones:
-            c0, c1 = zones[sites[si].zone].cell_range(ts(r.start), ts(r.end))
-            usage[si].add(c0, c1, r.gpus, r.slots)
-    pairs = [(j, site_index[n], o) for j, job in enumerate(jobs) for o, n in enumerate(job.sites)]
-    pj, ps, po = np.array(pairs, dtype=np.int64).T
-    rank = np.full((len(jobs), len(sites)), len(sites))
-    rank[pj, ps] = po
-    start, mean, now_m, count = _score_contiguous(ctx, rank < len(sites))
-    ctx.lower, ctx.lower_start = mean, start
+    ctx = build_context(
+        jobs, sites, forecasts, now=now, fallbacks=fallbacks, reservations=reservations,
+        min_saving=min_saving, rule=rule,
+    )  # fmt: skip
+    site_index, e, dl, dur = ctx.site_index, ctx.e, ctx.dl, ctx.dur
+    start, mean, now_m, count, rank = ctx.lower_start, ctx.lower, ctx.now_mean, ctx.count, ctx.rank
     best = mean.min(axis=1)
     tol = TIE_REL * np.maximum(np.abs(np.where(np.isfinite(best), best, 0.0)), 1.0)
     near = mean <= (best + tol)[:, None]
@@ -195,48 +235,60 @@ def place_jobs(
     ]
     slots = _interruptible(ctx, todo)
     slack = dl - dur - e
-    order = sorted(range(len(jobs)), key=lambda j: (float(slack[j]), float(dl[j]), j))
-    home = np.array([site_index[job.sites[0]] for job in jobs], dtype=np.int64)
+    order = np.lexsort((np.arange(len(jobs)), dl, slack)).tolist()  # least slack first
+    home = [site_index[job.sites[0]] for job in jobs]
     rows = np.arange(len(jobs))
     now_home = now_m[rows, home]
+    # Python floats for the per-job loop: the same values, without numpy's scalar overhead.
+    best_l, pick_l, start_l = best.tolist(), pick.tolist(), start.tolist()
+    now_l = now_home.tolist()
     decided: list[_Decision | None] = [None] * len(jobs)
     for j in order:
         job = jobs[j]
-        si = int(pick[j])
+        si = pick_l[j]
         plan: Choice | None = None
-        if np.isfinite(best[j]):
-            plan = Choice(si, [(float(start[j, si]), float(start[j, si] + dur[j]))], best[j], [])
+        if isfinite(best_l[j]):
+            s0 = start_l[j][si]
+            plan = Choice(si, [(s0, s0 + ctx.durl[j])], best_l[j], [])
         for name in job.sites if job.interruptible else ():
             plan = better(plan, slots.get((j, site_index[name])))
-        decided[j] = _decide(ctx, j, int(home[j]), plan, float(now_home[j]))
+        decided[j] = _decide(ctx, j, home[j], plan, now_l[j])
     chosen = np.array([d.choice.site if d else 0 for d in decided], dtype=np.int64)
     other = mean.copy()
     other[rows, chosen] = np.inf
     k2 = other.argmin(axis=1)
-    m2 = other[rows, k2]
-    cnt = count.sum(axis=1)
+    m2_l, k2_l, cnt_l = other[rows, k2].tolist(), k2.tolist(), count.sum(axis=1).tolist()
+    names, zones_of = [s.name for s in sites], [s.zone for s in sites]
+    times: dict[float, datetime] = {}  # plans share many start and end times
+
+    def at(s: float) -> datetime:
+        t = times.get(s)
+        if t is None:
+            t = times[s] = dt(s)
+        return t
+
     out: list[Placement] = []
     for j, d in enumerate(decided):
         assert d is not None
-        site = sites[d.choice.site]
-        mean_j = float(d.choice.mean) if np.isfinite(d.choice.mean) else None
-        runner = bool(np.isfinite(m2[j]))
+        c = d.choice
+        mean_j = float(c.mean) if isfinite(c.mean) else None
+        runner = isfinite(m2_l[j])
         out.append(
             Placement(
                 key=jobs[j].key,
-                site=site.name,
-                zone=site.zone,
-                segments=tuple(Segment(dt(a), dt(b)) for a, b in d.choice.segments),
+                site=names[c.site],
+                zone=zones_of[c.site],
+                segments=tuple([Segment(at(a), at(b)) for a, b in c.segments]),
                 mean_g_per_kwh=mean_j,
-                now_g_per_kwh=float(now_home[j]) if np.isfinite(now_home[j]) else None,
+                now_g_per_kwh=now_l[j] if isfinite(now_l[j]) else None,
                 saving_fraction=d.saving if mean_j is not None else 0.0,
-                candidates=int(cnt[j]) + (1 if len(d.choice.segments) > 1 else 0),
-                late=d.choice.segments[-1][1] > float(dl[j]) + _EPS,
+                candidates=cnt_l[j] + (1 if len(c.segments) > 1 else 0),
+                late=c.segments[-1][1] > ctx.dll[j] + _EPS,
                 reason=d.reason,
                 warning=d.warning,
-                runner_up_site=sites[int(k2[j])].name if runner else None,
-                runner_up_start=dt(float(start[j, k2[j]])) if runner else None,
-                runner_up_g_per_kwh=float(m2[j]) if runner else None,
+                runner_up_site=names[k2_l[j]] if runner else None,
+                runner_up_start=at(start_l[j][k2_l[j]]) if runner else None,
+                runner_up_g_per_kwh=m2_l[j] if runner else None,
             )
         )
     return out
@@ -253,15 +305,15 @@ class _Decision:
 def _decide(ctx: Context, j: int, home: int, plan: Choice | None, now_eff: float) -> _Decision:
     """Choose between the plan and starting now, fit capacity, and explain."""
     job = ctx.jobs[j]
-    e, latest = float(ctx.e[j]), float(ctx.dl[j] - ctx.dur[j])
-    d = float(ctx.dur[j])
+    e, d = ctx.el[j], ctx.durl[j]
+    latest = ctx.dll[j] - d
     asap = ""
     saving = 0.0
     if job.run_now:
         asap = "run now requested"
     elif latest < e - _EPS:
         asap = "cannot finish by the deadline: start as early as possible"
-    elif not np.isfinite(now_eff):
+    elif not isfinite(now_eff):
         asap = "forecast does not cover the window starting now: run now"
     elif plan is None:
         asap = "forecast does not cover a full window: run now"
@@ -287,7 +339,10 @@ def _decide(ctx: Context, j: int, home: int, plan: Choice | None, now_eff: float
         where = f" at {ctx.sites[plan.site].name}" if len(job.sites) > 1 else ""
         reason = f"cleanest {'slots' if len(plan.segments) > 1 else 'window'}{where}"
         if not cells_ok(ctx, j, plan):
-            choice, in_time = fit_contiguous(ctx, j, asap=False)
+            # When the plan is the site's cleanest window itself, that one is known not to fit.
+            s0 = float(ctx.lower_start[j, plan.site])
+            full = plan.site if plan.segments == [(s0, s0 + d)] and not plan.hold else -1
+            choice, in_time = fit_contiguous(ctx, j, asap=False, full=full)
             if job.interruptible:
                 choice = better(choice, fit_slots(ctx, j))
                 in_time = in_time or (choice is not None and len(choice.segments) > 1)
@@ -296,7 +351,7 @@ def _decide(ctx: Context, j: int, home: int, plan: Choice | None, now_eff: float
             if not in_time:
                 warning = "no site has room before the deadline: starts at the earliest free time"
             saving = 0.0
-            if choice is not None and np.isfinite(choice.mean) and now_eff > 0:
+            if choice is not None and isfinite(choice.mean) and now_eff > 0:
                 saving = max(0.0, (now_eff - choice.mean) / now_eff)
     if choice is None:  # the job needs more GPUs than any of its sites has
         choice = Choice(home, [(e, e + d)], now_eff, [])

@@ -12,10 +12,16 @@ mean intensity is `cost / need`.
   "defer_interrupt").
 - `plan_slots`: the exact optimum with at most `max_pauses` pauses, every segment at least
   `min_cells` long, and idle cost in the gaps, by dynamic programming over
-  (cell, work done, run length, pauses). Large problems are solved on merged cells.
+  (cell, work done, run length, pauses) (`ecoq.scheduler.slotdp`). Large problems are solved on
+  merged cells. A plan lies within one stretch of passable cells (finite run or idle cost), so
+  only stretches with room for the work are solved.
+- `plan_slots_many`: the same for many problems, sharing one DP table among the problems that
+  start at the same cell of the same costs (the daemon plans every job from "now"), and keeping
+  tables between calls for the caller (`capacity.fit_slots`, until capacity changes).
 """
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from math import ceil
 from typing import Literal
 
@@ -23,26 +29,38 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ecoq.scheduler.scoring import TIE_REL, Floats, Ints
+from ecoq.scheduler.slotdp import Row, Tables, first_best
 
 __all__ = [
     "SlotPlan",
+    "SlotProblem",
     "StartState",
     "cheapest_batch",
     "cheapest_cells",
     "plan_slots",
+    "plan_slots_many",
     "segments_of",
 ]
 
 StartState = Literal["new", "running", "paused"]
 _STATE_BUDGET = 30_000_000  # cells × DP states kept for the backtrack
+_BATCH_STATES = 3_000_000  # cells × DP states of windows solved together
+_BATCH_ROWS = 256  # and at most this many windows
+_CACHED_TABLES = 8  # tables `plan_slots_many` keeps in one cache
 
 
 @dataclass(frozen=True)
 class SlotPlan:
-    """Segments as `[first, stop)` cell ranges, sorted; `cost` = Σ run + Σ idle (g/kWh·cells)."""
+    """Segments as `[first, stop)` cell ranges, sorted; `cost` = Σ run + Σ idle (g/kWh·cells).
+
+    `clear` (DP plans only): no other finish comes within twice the tie tolerance of this
+    plan's cost. Then, with costs raised only on cells the plan does not use (capacity filling
+    up elsewhere), the same call returns this very plan again: its cost is still the least,
+    no other finish comes near it, and the DP's choices along it do not change."""
 
     segments: tuple[tuple[int, int], ...]
     cost: float
+    clear: bool = field(default=True, compare=False)
 
     @property
     def pauses(self) -> int:
@@ -71,7 +89,9 @@ def cheapest_cells(run: Floats, first: int, stop: int, need: int) -> SlotPlan | 
     order = np.argsort(window, kind="stable")[:need]
     if not np.isfinite(window[order[-1]]):
         return None
-    return SlotPlan(segments_of(order + first), float(window[order].sum()))
+    # Not `clear`: with idle costs raised, `plan_slots` may take the DP, which breaks ties
+    # otherwise.
+    return SlotPlan(segments_of(order + first), float(window[order].sum()), clear=False)
 
 
 def cheapest_batch(run: Floats, firsts: Ints, stops: Ints, need: int) -> tuple[Floats, Ints]:
@@ -96,6 +116,21 @@ def _merge(costs: Floats, factor: int) -> Floats:
     n = len(costs) // factor * factor
     merged: Floats = costs[:n].reshape(-1, factor).sum(axis=1)
     return merged
+
+
+@dataclass(frozen=True)
+class SlotProblem:
+    """One `plan_slots` call's arguments (see there); problems that share `run` and `idle`
+    arrays (the same objects) and their first cell share one DP table in `plan_slots_many`."""
+
+    run: Floats
+    idle: Floats
+    first: int
+    stop: int
+    need: int
+    max_pauses: int | None = None
+    min_cells: int = 1
+    start: StartState = "new"
 
 
 def plan_slots(
@@ -123,123 +158,236 @@ def plan_slots(
 
     Returns None when no plan fits.
     """
-    first = max(first, 0)
-    stop = min(stop, len(run))
-    if need <= 0 or stop - first < need:
-        return None
-    min_cells = max(1, min(min_cells, need))
-    if max_pauses is not None and max_pauses >= need:
-        max_pauses = None
-    if max_pauses is None and min_cells == 1 and not np.any(idle[first:stop] > 0):
-        return cheapest_cells(run, first, stop, need)
-    width = stop - first
-    pauses = 1 if max_pauses is None else max_pauses + 1
-    factor = 1
-    while width // factor * (min_cells // factor + 2) * (need // factor + 2) * pauses > (
-        _STATE_BUDGET
-    ):
-        factor += 1
-    if factor > 1:
-        coarse = _dp(
-            _merge(run[first:stop], factor),
-            _merge(idle[first:stop], factor),
-            ceil(need / factor),
-            ceil(min_cells / factor),
-            max_pauses,
-            start,
-        )
-        if coarse is None:
-            return None
-        segs = tuple((first + a * factor, first + b * factor) for a, b in coarse.segments)
-        return SlotPlan(segs, coarse.cost)
-    fine = _dp(run[first:stop], idle[first:stop], need, min_cells, max_pauses, start)
-    if fine is None:
-        return None
-    return SlotPlan(tuple((first + a, first + b) for a, b in fine.segments), fine.cost)
+    problem = SlotProblem(run, idle, first, stop, need, max_pauses, min_cells, start)
+    return plan_slots_many([problem])[0]
 
 
-def _dp(
-    run: Floats, idle: Floats, need: int, m: int, max_pauses: int | None, start: StartState
-) -> SlotPlan | None:
-    """The DP on a window's cells (index 0 = the window's first cell).
+SlotCache = dict[tuple[int, int, int, int, bool, str], tuple[Tables, int]]
 
-    States after each cell: `R[r, k, j]` running, current segment length index `r` (r + 1 cells;
-    `m - 1` means ≥ m), `k` cells done, `j` pauses taken; `Q[k, j]` stopped. Not yet started
-    costs nothing.
-    """
-    inf = np.inf
-    m = min(m, need)
-    unlimited = max_pauses is None
-    lanes = 1 if max_pauses is None else max_pauses + 1
-    r0 = np.full((m, need + 1, lanes), inf)
-    q0 = np.full((need + 1, lanes), inf)
-    fresh = 0.0 if start == "new" else inf
-    if start == "running":
-        r0[m - 1, 0, 0] = 0.0
-    if start == "paused":
-        q0[0, 0] = 0.0
-    history: list[tuple[Floats, Floats]] = []
-    r_prev, q_prev = r0, q0
-    best, best_cell, best_lane = inf, -1, -1
-    for i in range(len(run)):
-        c, a = float(run[i]), float(idle[i])
-        r = np.full_like(r_prev, inf)
-        r[0, 1:, :] = q_prev[:-1, :] + c
-        r[0, 1, 0] = min(r[0, 1, 0], fresh + c)
-        if m == 1:
-            r[0, 1:, :] = np.minimum(r[0, 1:, :], r_prev[0, :-1, :] + c)
-        else:
-            r[1:, 1:, :] = r_prev[:-1, :-1, :] + c
-            r[m - 1, 1:, :] = np.minimum(r[m - 1, 1:, :], r_prev[m - 1, :-1, :] + c)
-        q = q_prev + a
-        if unlimited:
-            q = np.minimum(q, r_prev[m - 1] + a)
-        else:
-            q[:, 1:] = np.minimum(q[:, 1:], r_prev[m - 1, :, :-1] + a)
-        q[need, :] = inf
-        history.append((r, q))
-        r_prev, q_prev = r, q
-        done = r[m - 1, need, :]
-        lane = int(np.argmin(done))
-        value = float(done[lane])
-        if value < inf and (best == inf or value < best - TIE_REL * max(abs(best), 1.0)):
-            best, best_cell, best_lane = value, i, lane
-    if best_cell < 0:
-        return None
-    # Walk back from the best finish; the options are tried in the order that prefers fewer
-    # pauses among equal costs.
-    running: list[int] = []
-    kind, rr, k, j = "R", m - 1, need, best_lane
-    for i in range(best_cell, -1, -1):
-        r_now, q_now = history[i]
-        r_before, q_before = history[i - 1] if i > 0 else (r0, q0)
-        c, a = float(run[i]), float(idle[i])
-        if kind == "R":
-            value = r_now[rr, k, j]
-            running.append(i)
-            options: list[tuple[str, int, int, int, float]] = []
-            if rr == m - 1:
-                options.append(("R", m - 1, k - 1, j, r_before[m - 1, k - 1, j]))
-            if rr > 0:
-                options.append(("R", rr - 1, k - 1, j, r_before[rr - 1, k - 1, j]))
-            if rr == 0:
-                options.append(("Q", 0, k - 1, j, q_before[k - 1, j]))
-                if k == 1 and j == 0:
-                    options.append(("N", 0, 0, 0, fresh))
-            step = c
-        else:
-            value = q_now[k, j]
-            options = [("Q", 0, k, j, q_before[k, j])]
-            pj = j if unlimited else j - 1
-            if pj >= 0:
-                options.append(("R", m - 1, k, pj, r_before[m - 1, k, pj]))
-            step = a
-        for nk, nr, nkk, nj, before in options:
-            if before + step == value:
-                kind, rr, k, j = nk, nr, nkk, nj
-                break
-        else:  # pragma: no cover - the DP always has a matching predecessor
-            raise AssertionError("interruptible plan backtrack failed")
-        if kind == "N" or (i == 0 and k == 0):
+
+def plan_slots_many(
+    problems: list[SlotProblem], caches: list[SlotCache | None] | None = None
+) -> list[SlotPlan | None]:
+    """`plan_slots` for each problem (same answers), sharing the DP's work between them.
+
+    With `caches` (one per problem, or None), a problem's DP tables are kept in its cache and
+    reused by later calls with the same `run` and `idle` arrays (the caller drops a cache
+    when those arrays change); tables are then built a little larger than asked, to serve
+    longer jobs and later deadlines too."""
+    out: list[SlotPlan | None] = [None] * len(problems)
+    groups: dict[tuple[int, bool, StartState], list[tuple[int, list[Row], int, int, int]]] = {}
+    for x, p in enumerate(problems):
+        first, stop, need = max(p.first, 0), min(p.stop, len(p.run)), p.need
+        if need <= 0 or stop - first < need:
+            continue
+        m = max(1, min(p.min_cells, need))
+        pauses = None if p.max_pauses is not None and p.max_pauses >= need else p.max_pauses
+        if pauses is None and m == 1 and not np.any(p.idle[first:stop] > 0):
+            out[x] = cheapest_cells(p.run, first, stop, need)
+            continue
+        width, lanes = stop - first, 1 if pauses is None else pauses + 1
+        factor = 1
+        while width // factor * (m // factor + 2) * (need // factor + 2) * lanes > _STATE_BUDGET:
+            factor += 1
+        if factor > 1:
+            out[x] = _coarse(p, first, stop, need, m, pauses, factor)
+            continue
+        windows = _windows(p.run, p.idle, first, stop, need, p.start)
+        cache = caches[x] if caches is not None else None
+        if cache is not None:
+            out[x] = _cached(cache, p, windows, stop, need, lanes, m, pauses is None)
+        elif windows:
+            groups.setdefault((m, pauses is None, p.start), []).append(
+                (x, windows, stop, need, lanes)
+            )
+    for (m, unlimited, start), items in groups.items():
+        _share(items, m, unlimited, start, out)
+    return out
+
+
+def _share(
+    items: list[tuple[int, list[Row], int, int, int]],
+    m: int,
+    unlimited: bool,
+    start: StartState,
+    out: list[SlotPlan | None],
+) -> None:
+    """Solve problems (index, windows, stop, need, lanes) of one kind into `out`: one table row
+    per distinct window, filled once for every problem that reads it, rows stacked into tables
+    of bounded size, each freed once its last reader is done."""
+    index: dict[tuple[int, int, int], int] = {}
+    rows: list[Row] = []
+    dims: list[tuple[int, int]] = []  # most work and lanes asked of each row
+    readers: list[tuple[int, list[int], int, int, int]] = []
+    for x, windows, stop, need, lanes in items:
+        mine = []
+        for w in windows:
+            key = (id(w.run), id(w.idle), w.start)
+            if key not in index:
+                index[key] = len(rows)
+                rows.append(w)
+                dims.append((need, lanes))
+            r = index[key]
+            if rows[r].stop < w.stop:
+                rows[r] = w
+            dims[r] = (max(dims[r][0], need), max(dims[r][1], lanes))
+            mine.append(r)
+        readers.append((x, mine, stop, need, lanes))
+    readers.sort(key=lambda reader: reader[1][0])  # readers of a row next to each other
+    order = list(dict.fromkeys(r for reader in readers for r in reader[1]))
+    left = Counter(r for reader in readers for r in reader[1])
+    built: dict[int, tuple[Tables, int]] = {}
+    done = 0  # rows of `order` filled so far
+    for x, mine, stop, need, lanes in readers:
+        while any(r not in built for r in mine):
+            batch = _batch(rows, dims, order, done, m)
+            tables = Tables([rows[r] for r in batch[0]], *batch[1], m, unlimited, start)
+            built.update((r, (tables, i)) for i, r in enumerate(batch[0]))
+            done += len(batch[0])
+        out[x] = _read([built[r] for r in mine], stop, need, lanes)
+        for r in mine:
+            left[r] -= 1
+            if not left[r]:
+                del built[r]
+
+
+def _batch(
+    rows: list[Row], dims: list[tuple[int, int]], order: list[int], done: int, m: int
+) -> tuple[list[int], tuple[int, int]]:
+    """The next rows of `order` after `done` (at least one) whose stacked states stay within
+    the budget, and the work and lanes their table needs."""
+    batch: list[int] = []
+    width = need = lanes = 0
+    for r in order[done : done + _BATCH_ROWS]:
+        row = rows[r]
+        w, k, n = max(width, row.stop - row.start), max(need, dims[r][0]), max(lanes, dims[r][1])
+        if batch and (len(batch) + 1) * w * m * (k + 1) * n > _BATCH_STATES:
             break
-    return SlotPlan(segments_of(np.array(running, dtype=np.int64)), best)
+        batch.append(r)
+        width, need, lanes = w, k, n
+    return batch, (need, lanes)
+
+
+def _cached(
+    cache: SlotCache,
+    p: SlotProblem,
+    windows: list[Row],
+    stop: int,
+    need: int,
+    lanes: int,
+    m: int,
+    unlimited: bool,
+) -> SlotPlan | None:
+    """One problem's plan from tables in `cache`: those it lacks built together; one rebuilt
+    larger (its stretch to the end, up to twice the work) when this problem outgrows it."""
+    keys = [(id(w.run), id(w.idle), w.start, m, unlimited, p.start) for w in windows]
+    rows: list[Row | None] = []
+    grow = (need, lanes)
+    for key, w in zip(keys, windows, strict=True):
+        got = cache.get(key)
+        if got is None:
+            rows.append(w)
+            continue
+        tables, i = got
+        row = tables.rows[i]
+        same = row.run is w.run and row.idle is w.idle and row.stop >= w.stop
+        if same and tables.need >= need and tables.lanes >= lanes:
+            rows.append(None)  # usable as it is
+            continue
+        longer = _windows(p.run, p.idle, max(p.first, 0), stop, need, p.start, extend=True)
+        rows.append(next(x for x in longer if x.start == w.start))
+        more = min(2 * tables.need, rows[-1].stop - rows[-1].start)  # type: ignore[union-attr]
+        grow = (max(grow[0], more), max(grow[1], tables.lanes))
+    new = [w for w in rows if w is not None]
+    parts = [cache[key] if w is None else None for key, w in zip(keys, rows, strict=True)]
+    if new:
+        built = Tables(new, *grow, m, unlimited, p.start)
+        at = iter(range(len(new)))
+        for x, (key, row_new) in enumerate(zip(keys, rows, strict=True)):
+            if row_new is not None:
+                parts[x] = cache[key] = (built, next(at))
+        while len(cache) > _CACHED_TABLES:  # bounded memory: forget the oldest
+            del cache[next(iter(cache))]
+    return _read([part for part in parts if part is not None], stop, need, lanes)
+
+
+def _windows(
+    run: Floats,
+    idle: Floats,
+    first: int,
+    stop: int,
+    need: int,
+    start: StartState,
+    extend: bool = False,
+) -> list[Row]:
+    """The stretches of `[first, stop)` a plan can lie in, trimmed to cells it can run in
+    (with `extend`, each runs on past `stop` to the end of its stretch, for reuse).
+
+    A plan's cells and pauses are all passable (finite run or idle cost), so it lies in one
+    stretch of passable cells with at least `need` runnable cells; a job already running or
+    paused carries on from `first`, so only the stretch that starts there counts."""
+    end = len(run) if extend else stop
+    inside = stop - first
+    can_run = np.isfinite(run[first:end])
+    count = np.concatenate(([0], np.cumsum(can_run)))
+    if count[inside] < need:
+        return []
+    passable = can_run | np.isfinite(idle[first:end])
+    if passable.all():
+        spans = [(0, end - first)]
+    else:
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], passable.view(np.int8), [0]))))
+        spans = list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+    rows: list[Row] = []
+    for a, b in spans:
+        if a >= inside:
+            break
+        if start != "new":
+            if a == 0 and count[min(b, inside)] >= need:
+                rows.append(Row(run, idle, first, first + b))
+            break
+        if count[min(b, inside)] - count[a] < need:
+            continue
+        cells = np.flatnonzero(can_run[a:b])  # a new job starts and ends in a runnable cell
+        rows.append(Row(run, idle, first + a + int(cells[0]), first + a + int(cells[-1]) + 1))
+    return rows
+
+
+def _read(parts: list[tuple[Tables, int]], stop: int, need: int, lanes: int) -> SlotPlan | None:
+    """One problem's plan from its rows of tables, in time order (cells before `stop`)."""
+    if not parts:
+        return None
+    done = [t.done(r, need, lanes, min(stop, t.rows[r].stop)) for t, r in parts]
+    values = np.concatenate([v for v, _ in done])
+    at = first_best(values)
+    if at < 0:
+        return None
+    cost = float(values[at])
+    clear = np.count_nonzero(values <= cost + 2 * TIE_REL * max(abs(cost), 1.0)) == 1
+    for (tables, r), (v, lane) in zip(parts, done, strict=True):
+        if at < len(v):
+            return SlotPlan(tables.walk(r, at, need, int(lane[at])), cost, bool(clear))
+        at -= len(v)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _coarse(
+    p: SlotProblem, first: int, stop: int, need: int, m: int, pauses: int | None, factor: int
+) -> SlotPlan | None:
+    """Large problems, solved on cells merged `factor` at a time (an approximation)."""
+    run = _merge(p.run[first:stop], factor)
+    idle = _merge(p.idle[first:stop], factor)
+    coarse_need = ceil(need / factor)
+    tables = Tables(
+        [Row(run, idle, 0, len(run))],
+        coarse_need,
+        1 if pauses is None else pauses + 1,
+        min(ceil(m / factor), coarse_need),
+        pauses is None,
+        p.start,
+    )
+    plan = _read([(tables, 0)], len(run), coarse_need, 1 if pauses is None else pauses + 1)
+    if plan is None:
+        return None
+    segs = tuple((first + a * factor, first + b * factor) for a, b in plan.segments)
+    return SlotPlan(segs, plan.cost, plan.clear)

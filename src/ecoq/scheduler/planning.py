@@ -2,7 +2,8 @@
 
 - `plan_window`: one job, one forecast: the cleanest contiguous window (below).
 - `plan_jobs`: many jobs over many sites: vectorised window scoring (`scoring`), interruptible
-  slots (`interruptible`), capacity over time (`capacity`), run by `engine`. The daemon and
+  slots (`interruptible`, `slotdp`), capacity over time (`capacity`, `fitting`), run by
+  `engine`. The daemon and
   `ecoq simulate` call it; numpy is imported only when it runs, so importing this module stays
   cheap for `ecoq submit` and the CLI.
 
@@ -445,16 +446,18 @@ def plan_jobs(
     if len(set(names)) != len(names):
         raise ValidationError(f"site names must be unique; got {names}")
     known = set(names)
+    zero = timedelta(0)
     for job in jobs:
-        _require_aware(f"job {job.key} earliest_start", job.earliest_start)
-        _require_aware(f"job {job.key} deadline", job.deadline)
-        if job.duration <= timedelta(0):
+        if job.earliest_start.tzinfo is None or job.deadline.tzinfo is None:
+            _require_aware(f"job {job.key} earliest_start", job.earliest_start)
+            _require_aware(f"job {job.key} deadline", job.deadline)
+        if job.duration <= zero:
             raise ValidationError(f"job {job.key}: duration {job.duration} is not positive")
-        if not job.sites or not set(job.sites) <= known:
+        if not job.sites or not known.issuperset(job.sites):
             raise ValidationError(
                 f"job {job.key}: sites {list(job.sites)} must be a non-empty list of {names}"
             )
-        if any(not w > 0 for w in job.profile):
+        if job.profile and any(not w > 0 for w in job.profile):
             raise ValidationError(f"job {job.key}: profile weights must be positive")
         if job.min_saving is not None and not 0.0 <= job.min_saving <= 1.0:
             raise ValidationError(f"job {job.key}: min_saving {job.min_saving} is not a fraction")

@@ -12,6 +12,8 @@ Jobs are grouped by length (and power profile): each group is one row of candida
 vectorised pass. Under the interval rule the (profile-weighted) mean is linear in the start between
 those candidates, so the best candidate in a job's `[earliest, latest]` (plus the two ends) is the
 exact optimum. Per-job range minima use a sparse table, so no jobs × sites × steps array is built.
+Rows whose windows start and end on cell boundaries (flat profile, whole-cell lengths: the usual
+case) are scored from the boundaries' integrals, the same values `window_means` computes.
 
 Times inside this module are float seconds from the curve's origin. Intensities are gCO2eq/kWh.
 Only `ecoq.scheduler` imports this module: it imports numpy at once.
@@ -24,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ecoq.errors import ValidationError
 from ecoq.forecasting import Forecast
@@ -239,6 +242,38 @@ def window_means(
         return np.where(covered, total * k / durations, np.inf)
 
 
+def _knot_means(
+    curve: Curve, knots: Floats, durations_s: Floats, lens: Ints, width: int
+) -> Floats | None:
+    """`window_means` (flat profile) of `Candidates.build`'s rows when every window starts and
+    ends on a cell boundary: the same values from the boundaries' integrals, looked up instead
+    of interpolated per window. None when some window does not end exactly on a boundary.
+    (Padding, past each row's candidates, gets values too; the caller overwrites them.)"""
+    cells = durations_s / curve.tick_s
+    if not np.all(cells == np.floor(cells)):
+        return None
+    shift = np.minimum(cells.astype(np.int64), curve.n + 1)
+    used = np.arange(width)[None, :] < lens[:, None]
+
+    def at_ends(values: Floats) -> Floats:
+        """`values[start knot + shift]` for each row and candidate (clipped past the end)."""
+        padded = np.concatenate((values, np.full(width + 1, values[-1])))
+        out: Floats = sliding_window_view(padded, width)[shift]
+        return out
+
+    ends = knots[:width][None, :] + durations_s[:, None]
+    if np.any((ends != at_ends(knots)) & used):
+        return None
+    area, cover = curve.integral(knots)
+    # As `window_means` computes them, term by term (k = 1, weight 1).
+    total = np.zeros((len(durations_s), width))
+    total += 1.0 * (at_ends(area) - area[None, :width])
+    seen = (at_ends(cover) - cover[None, :width]) >= durations_s[:, None] - _COVER_TOL_S
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means: Floats = np.where(seen, total * 1 / durations_s[:, None], np.inf).ravel()
+    return means
+
+
 class RangeMin:
     """Sparse table over a 1-D array: range minima and first-index-below queries, vectorised."""
 
@@ -296,9 +331,10 @@ class Candidates:
     keys: Floats
     scores: Floats
     valid_before: Ints
-    rmq: RangeMin | None
+    rmq: RangeMin | None  # built on first use (`best`'s "table" method)
     width: int
     row_len: Ints
+    released: bool = False
 
     @classmethod
     def build(cls, curve: Curve, durations_s: Floats, weights: Floats) -> "Candidates":
@@ -322,17 +358,22 @@ class Candidates:
         keys = np.where(pad, base + stride - 0.5, starts + base).ravel()
         dur = np.broadcast_to(durations_s[:, None], starts.shape)
         flat_starts = np.where(pad, 0.0, starts).ravel()
-        scores = window_means(curve, flat_starts, dur.ravel(), weights)
+        lens = np.array([len(r) for r in rows], dtype=np.int64)
+        scores = _knot_means(curve, knots, durations_s, lens, width) if k == 1 else None
+        if scores is None:
+            scores = window_means(curve, flat_starts, dur.ravel(), weights)
         scores[pad.ravel()] = np.inf
         valid = np.concatenate(([0], np.cumsum(np.isfinite(scores))))
-        rmq = RangeMin(scores, width)
-        lens = np.array([len(r) for r in rows], dtype=np.int64)
         return cls(
-            curve, durations_s, weights, stride, flat_starts, keys, scores, valid, rmq, width, lens
+            curve, durations_s, weights, stride, flat_starts, keys, scores, valid, None, width, lens
         )
 
     def best(
-        self, rows: Ints, earliest: Floats, latest: Floats
+        self,
+        rows: Ints,
+        earliest: Floats,
+        latest: Floats,
+        method: Literal["auto", "prefix", "table"] = "auto",
     ) -> tuple[Floats, Floats, Floats, Ints, Floats, Floats]:
         """Each job's cleanest start in `[earliest, latest]` (seconds; row = its length).
 
@@ -342,8 +383,12 @@ class Candidates:
         the forecast covers only part of it; `inf` when none), how many covered candidates
         were compared, and the means of the windows at `earliest` and at `latest` (`inf` unless
         fully covered). `latest < earliest` is treated as `latest = earliest`.
+
+        Range minima come from running minima from each distinct first candidate ("prefix":
+        few of them when jobs share their earliest start, as the daemon's do) or a sparse table
+        ("table"); "auto" picks by size. Both give the same answers.
         """
-        if self.rmq is None:
+        if self.released:
             raise ValueError("Candidates.best after release(); build the candidates again")
         latest = np.maximum(latest, earliest)
         dur = self.durations_s[rows]
@@ -353,10 +398,22 @@ class Candidates:
         base = rows * self.stride
         lo = np.searchsorted(self.keys, base + earliest, side="right").astype(np.int64)
         hi = np.searchsorted(self.keys, base + latest, side="left").astype(np.int64) - 1
-        inner = self.rmq.min(lo, hi)
+        firsts, pair = np.unique(lo, return_inverse=True)
+        prefix = None
+        if method == "prefix" or (method == "auto" and len(firsts) <= 2 * len(self.durations_s)):
+            prefix = _Prefix(self.scores, self.width, firsts, pair, hi - lo)
+            inner = prefix.min()
+        else:
+            if self.rmq is None:
+                self.rmq = RangeMin(self.scores, self.width)
+            inner = self.rmq.min(lo, hi)
         best = np.minimum(np.minimum(now_mean, inner), last_mean)
         threshold = best + TIE_REL * np.maximum(np.abs(best), 1.0)
-        first = self.rmq.first_at_most(lo, hi, threshold)
+        if prefix is not None:
+            first = prefix.first_at_most(threshold, lo)
+        else:
+            assert self.rmq is not None
+            first = self.rmq.first_at_most(lo, hi, threshold)
         start = np.where(
             now_mean <= threshold,
             earliest,
@@ -370,3 +427,35 @@ class Candidates:
     def release(self) -> None:
         """Free the range-minimum index (most of the memory); `best` no longer works."""
         self.rmq = None
+        self.released = True
+
+
+class _Prefix:
+    """Range minima over `values[lo .. lo + span]` for queries that share few `lo`s: the
+    running minimum from each distinct `lo` (`firsts`; `pair` maps each query to its own)."""
+
+    def __init__(self, values: Floats, width: int, firsts: Ints, pair: Ints, span: Ints) -> None:
+        padded = np.concatenate((values, np.full(width, np.inf)))
+        # Past its row a run reads the next row's values, but no query reaches that far.
+        self.mins = np.minimum.accumulate(padded[firsts[:, None] + np.arange(width)], axis=1)
+        self.pair, self.span, self.width = pair, span, width
+
+    def min(self) -> Floats:
+        """Each query's minimum (`inf` where its range is empty)."""
+        at = np.clip(self.span, 0, self.width - 1)
+        out: Floats = np.where(self.span >= 0, self.mins[self.pair, at], np.inf)
+        return out
+
+    def first_at_most(self, threshold: Floats, lo: Ints) -> Ints:
+        """Each query's first index whose value is ≤ `threshold`; -1 where there is none."""
+        a = np.zeros_like(self.span)
+        b = np.maximum(self.span, -1) + 1  # search [a, b); the running minima only fall
+        while np.any(live := a < b):
+            mid = (a + b) // 2
+            ok = self.mins[self.pair, np.minimum(mid, self.width - 1)] <= threshold
+            b = np.where(live & ok, mid, b)
+            a = np.where(live & ~ok, mid + 1, a)
+        at = np.minimum(a, self.width - 1)
+        found = (a <= self.span) & (self.mins[self.pair, at] <= threshold)
+        out: Ints = np.where(found, lo + a, -1)
+        return out

@@ -1,0 +1,372 @@
+"""Vectorised window scoring (numpy): the mean forecast intensity of every feasible window.
+
+A zone's forecast (and, beyond its horizon or before its start, a fallback forecast, never zero)
+is laid on a regular grid of cells (`Curve`). The tick is the greatest common divisor of the steps
+and point offsets, so 5, 15, 30 and 60 minute forecasts mix exactly. Each cell holds a linear
+piece `y0 → y1` (equal under the interval rule; interpolated between points under the trapezoid
+rule, as CATS computes) and cumulative integrals, so the mean over any window `[s, s + d)`, at any
+start, aligned or not, is a few array look-ups.
+
+Jobs are grouped by length (and power profile): each group is one row of candidate starts
+(every start where a window edge, or a profile piece's edge, meets a cell boundary), scored in one
+vectorised pass. Under the interval rule the (profile-weighted) mean is linear in the start between
+those candidates, so the best candidate in a job's `[earliest, latest]` (plus the two ends) is the
+exact optimum. Per-job range minima use a sparse table, so no jobs × sites × steps array is built.
+
+Times inside this module are float seconds from the curve's origin. Intensities are gCO2eq/kWh.
+Only `ecoq.scheduler` imports this module: it imports numpy at once.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from math import ceil, gcd
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ecoq.errors import ValidationError
+from ecoq.forecasting import Forecast
+
+__all__ = ["Candidates", "Curve", "RangeMin", "build_curve", "empty_curve", "window_means"]
+
+Rule = Literal["interval", "trapezoid"]
+Floats = npt.NDArray[np.float64]
+Ints = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
+_MAX_CELLS = 4_000_000
+_COVER_TOL_S = 1e-6
+TIE_REL = 1e-9
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Intensity on a regular grid of `n` cells of `tick_s` seconds from `origin`.
+
+    Attributes:
+        origin: the grid's start (tz-aware UTC).
+        tick_s: cell length, seconds.
+        y0, y1: intensity (g/kWh) at each cell's start and end; 0 where not covered.
+        covered: whether a forecast covers each cell.
+        primary: whether the primary forecast (not the fallback) covers each cell.
+        area: cumulative integral at each cell start, `n + 1` values, (g/kWh)·s.
+        cover: cumulative covered time at each cell start, `n + 1` values, s.
+    """
+
+    origin: datetime
+    tick_s: float
+    y0: Floats
+    y1: Floats
+    covered: Bools
+    primary: Bools
+    area: Floats
+    cover: Floats
+
+    @property
+    def n(self) -> int:
+        """Number of cells."""
+        return int(self.y0.shape[0])
+
+    @property
+    def span_s(self) -> float:
+        """Grid length, seconds."""
+        return self.n * self.tick_s
+
+    def seconds(self, t: datetime) -> float:
+        """`t` (tz-aware) as seconds from the origin."""
+        return (t - self.origin) / timedelta(seconds=1)
+
+    def at(self, s: float) -> datetime:
+        """Seconds from the origin as a UTC datetime (rounded to the microsecond)."""
+        return self.origin + timedelta(microseconds=round(s * 1e6))
+
+    def cell_costs(self) -> Floats:
+        """Mean intensity of each cell (g/kWh); `inf` where not covered."""
+        return np.where(self.covered, (self.y0 + self.y1) / 2, np.inf)
+
+    def integral(self, t: Floats) -> tuple[Floats, Floats]:
+        """Integral (g/kWh·s) and covered seconds from the origin up to each time `t` (s)."""
+        tc = np.clip(t, 0.0, self.span_s)
+        k = np.minimum((tc // self.tick_s).astype(np.int64), self.n - 1)
+        dt = tc - k * self.tick_s
+        if not dt.any():  # every time on a cell boundary: plain look-ups
+            return self.area[k], self.cover[k]
+        y0, y1, cov = self.y0[k], self.y1[k], self.covered[k]
+        yt = y0 + (y1 - y0) * (dt / self.tick_s)
+        area = self.area[k] + np.where(cov, dt * (y0 + yt) / 2, 0.0)
+        cover = self.cover[k] + np.where(cov, dt, 0.0)
+        return area, cover
+
+
+def _micros(d: timedelta) -> int:
+    return d // timedelta(microseconds=1)
+
+
+def _paint(
+    curve_y0: Floats,
+    curve_y1: Floats,
+    covered: Bools,
+    forecast: Forecast,
+    rule: Rule,
+    origin: datetime,
+    tick_us: int,
+) -> None:
+    """Write `forecast`'s pieces into the cells they cover (later paints win)."""
+    n = curve_y0.shape[0]
+    times = np.array([_micros(p.start - origin) for p in forecast.points], dtype=np.int64)
+    values = np.array([p.g_per_kwh for p in forecast.points], dtype=np.float64)
+    step = _micros(forecast.step)
+    if rule == "interval":
+        ends = np.minimum(times + step, np.append(times[1:], np.iinfo(np.int64).max))
+        a, b = times, ends
+        va, vb = values, values
+    else:
+        keep = np.diff(times) <= step  # never interpolate across a gap
+        a, b = times[:-1][keep], times[1:][keep]
+        va, vb = values[:-1][keep], values[1:][keep]
+    c0 = np.clip(a // tick_us, 0, n)
+    c1 = np.clip(b // tick_us, 0, n)
+    lens = np.maximum(c1 - c0, 0)
+    total = int(lens.sum())
+    if total == 0:
+        return
+    piece = np.repeat(np.arange(len(lens)), lens)
+    cells = c0[piece] + (np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens))
+    span = (b - a).astype(np.float64)[piece]
+    slope = (vb - va)[piece] / span
+    x0 = (cells * tick_us - a[piece]).astype(np.float64)
+    curve_y0[cells] = va[piece] + slope * x0
+    curve_y1[cells] = va[piece] + slope * (x0 + tick_us)
+    covered[cells] = True
+
+
+def build_curve(
+    forecast: Forecast | None,
+    *,
+    start: datetime,
+    end: datetime,
+    fallback: Forecast | None = None,
+    rule: Rule = "interval",
+) -> Curve:
+    """Lay `forecast` over `[start, end)` on a grid, with `fallback` wherever it has no value.
+
+    The grid starts at or just before `start` and ends at or just after `end`. Cells neither
+    forecast covers stay uncovered: windows over them are never candidates.
+
+    Raises:
+        ValidationError: naive times, no forecast at all, an unknown rule, or points whose
+            spacing has no common divisor of at least one second within 4 million cells.
+    """
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValidationError("build_curve needs timezone-aware UTC start and end")
+    if rule not in ("interval", "trapezoid"):
+        raise ValidationError(f"averaging rule {rule!r} is unknown; use interval or trapezoid")
+    sources = [f for f in (fallback, forecast) if f is not None]
+    if not sources:
+        raise ValidationError("build_curve needs a forecast or a fallback")
+    ref = sources[-1].points[0].start.astimezone(UTC)
+    tick_us = 0
+    for f in sources:
+        tick_us = gcd(tick_us, _micros(f.step))
+        for p in f.points:
+            tick_us = gcd(tick_us, _micros(p.start - ref))
+    if tick_us < 1_000_000:
+        raise ValidationError(
+            "forecast points are not on a common grid of whole seconds; resample the forecast"
+        )
+    before = max(0, ceil(_micros(ref - start) / tick_us))
+    origin = ref - timedelta(microseconds=before * tick_us)
+    n = max(1, ceil(_micros(end - origin) / tick_us))
+    if n > _MAX_CELLS:
+        raise ValidationError(
+            f"planning grid of {n} cells of {tick_us / 1e6:g} s is too large; "
+            "use forecasts with a coarser common step or a nearer deadline"
+        )
+    y0 = np.zeros(n)
+    y1 = np.zeros(n)
+    covered = np.zeros(n, dtype=np.bool_)
+    primary = np.zeros(n, dtype=np.bool_)
+    if fallback is not None:
+        _paint(y0, y1, covered, fallback, rule, origin, tick_us)
+    if forecast is not None:
+        _paint(y0, y1, primary, forecast, rule, origin, tick_us)
+        covered |= primary
+    y0[~covered] = 0.0
+    y1[~covered] = 0.0
+    tick_s = tick_us / 1e6
+    area = np.concatenate(([0.0], np.cumsum(np.where(covered, tick_s * (y0 + y1) / 2, 0.0))))
+    cover = np.concatenate(([0.0], np.cumsum(np.where(covered, tick_s, 0.0))))
+    return Curve(origin, tick_s, y0, y1, covered, primary, area, cover)
+
+
+def empty_curve(start: datetime, end: datetime, tick_s: float = 3600.0) -> Curve:
+    """A grid over `[start, end)` that no forecast covers (no window is ever a candidate)."""
+    n = max(1, ceil((end - start) / timedelta(seconds=tick_s)))
+    zeros = np.zeros(n)
+    none = np.zeros(n, dtype=np.bool_)
+    flat = np.zeros(n + 1)
+    return Curve(start.astimezone(UTC), tick_s, zeros, zeros, none, none, flat, flat)
+
+
+def window_means(
+    curve: Curve, starts: Floats, durations: Floats, weights: Floats, *, partial: bool = False
+) -> Floats:
+    """Profile-weighted mean intensity (g/kWh) of each window `[starts, starts + durations)`.
+
+    `weights` (positive, summing to 1) give the job's relative power over equal parts of its
+    run; `[1.0]` is a flat profile. Windows not fully covered get `inf`; with `partial`, the
+    flat mean of the covered part instead (`inf` when nothing is covered).
+    """
+    if partial:
+        a0, c0 = curve.integral(starts)
+        a1, c1 = curve.integral(starts + durations)
+        seen = c1 - c0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            part = np.where(seen > _COVER_TOL_S, (a1 - a0) / seen, np.inf)
+        full = window_means(curve, starts, durations, weights)
+        return np.where(np.isfinite(full), full, part)
+    k = len(weights)
+    total = np.zeros_like(starts)
+    area_prev, cover_prev = curve.integral(starts)
+    cover_first = cover_prev
+    for i in range(k):
+        area_next, cover_next = curve.integral(starts + durations * ((i + 1) / k))
+        total += weights[i] * (area_next - area_prev)
+        area_prev, cover_prev = area_next, cover_next
+    covered: Bools = (cover_prev - cover_first) >= durations - _COVER_TOL_S
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(covered, total * k / durations, np.inf)
+
+
+class RangeMin:
+    """Sparse table over a 1-D array: range minima and first-index-below queries, vectorised."""
+
+    def __init__(self, values: Floats, max_range: int | None = None) -> None:
+        """Build over `values`; queries never span more than `max_range` values (default all)."""
+        n = max(1, values.shape[0])
+        top = max(1, min(n, max_range or n)).bit_length()
+        table = np.empty((top, n + 1))
+        table[:, n + 1 - (1 << (top - 1)) :] = np.inf
+        table[0, : values.shape[0]] = values
+        table[0, values.shape[0] :] = np.inf
+        for k in range(1, top):
+            half = 1 << (k - 1)
+            np.minimum(
+                table[k - 1, : n + 1 - half], table[k - 1, half:], out=table[k, : n + 1 - half]
+            )
+        self.values = table[0]
+        self.table = table
+        self.size = n
+
+    def min(self, lo: Ints, hi: Ints) -> Floats:
+        """Minimum of `values[lo..hi]` (inclusive); `inf` where `lo > hi`."""
+        length = np.maximum(hi - lo + 1, 1)
+        k = np.floor(np.log2(length)).astype(np.int64)
+        safe_lo = np.clip(lo, 0, self.size)
+        a = self.table[k, safe_lo]
+        b = self.table[k, np.clip(hi - (1 << k) + 1, 0, self.size)]
+        return np.where(lo <= hi, np.minimum(a, b), np.inf)
+
+    def first_at_most(self, lo: Ints, hi: Ints, threshold: Floats) -> Ints:
+        """First index in `[lo, hi]` whose value is ≤ `threshold`; -1 where there is none."""
+        pos = lo.copy()
+        for k in range(self.table.shape[0] - 1, -1, -1):
+            span = 1 << k
+            skip = (pos + span - 1 <= hi) & (self.table[k, np.clip(pos, 0, self.size)] > threshold)
+            pos = np.where(skip, pos + span, pos)
+        ok = (pos <= hi) & (self.values[np.clip(pos, 0, self.size)] <= threshold)
+        return np.where(ok, pos, -1)
+
+
+@dataclass
+class Candidates:
+    """Candidate starts for several job lengths on one curve, flattened into one sorted array.
+
+    Row `r` holds the starts for `durations_s[r]`; its values are stored at
+    `keys = start + r * stride` so that one `searchsorted` serves every row. `scores` holds each
+    candidate's mean intensity (`inf` when not fully covered, and for padding).
+    """
+
+    curve: Curve
+    durations_s: Floats
+    weights: Floats
+    stride: float
+    starts: Floats
+    keys: Floats
+    scores: Floats
+    valid_before: Ints
+    rmq: RangeMin | None
+    width: int
+    row_len: Ints
+
+    @classmethod
+    def build(cls, curve: Curve, durations_s: Floats, weights: Floats) -> "Candidates":
+        """Score every candidate start of each length in `durations_s` (seconds, distinct)."""
+        knots = np.arange(curve.n + 1, dtype=np.float64) * curve.tick_s
+        k = len(weights)
+        rows: list[Floats] = []
+        for d in durations_s:
+            if k == 1 and (d / curve.tick_s).is_integer():  # window ends fall on boundaries too
+                cand = knots
+            else:
+                cand = np.unique(np.concatenate([knots - d * (j / k) for j in range(k + 1)]))
+            rows.append(cand[(cand >= 0.0) & (cand <= curve.span_s - d + _COVER_TOL_S)])
+        width = max(1, max(len(r) for r in rows))
+        stride = curve.span_s + float(durations_s.max()) + 2 * curve.tick_s + 1.0
+        starts = np.full((len(rows), width), np.nan)
+        for i, r in enumerate(rows):
+            starts[i, : len(r)] = r
+        pad = np.isnan(starts)
+        base = (np.arange(len(rows), dtype=np.float64) * stride)[:, None]
+        keys = np.where(pad, base + stride - 0.5, starts + base).ravel()
+        dur = np.broadcast_to(durations_s[:, None], starts.shape)
+        flat_starts = np.where(pad, 0.0, starts).ravel()
+        scores = window_means(curve, flat_starts, dur.ravel(), weights)
+        scores[pad.ravel()] = np.inf
+        valid = np.concatenate(([0], np.cumsum(np.isfinite(scores))))
+        rmq = RangeMin(scores, width)
+        lens = np.array([len(r) for r in rows], dtype=np.int64)
+        return cls(
+            curve, durations_s, weights, stride, flat_starts, keys, scores, valid, rmq, width, lens
+        )
+
+    def best(
+        self, rows: Ints, earliest: Floats, latest: Floats
+    ) -> tuple[Floats, Floats, Floats, Ints, Floats, Floats]:
+        """Each job's cleanest start in `[earliest, latest]` (seconds; row = its length).
+
+        Returns `(start_s, mean, now_mean, count)`: the best start (earliest among ties within a
+        relative 1e-9), its mean (`inf` when no window is fully covered, then the start is
+        `earliest`), the mean of the window starting at `earliest` (of its covered part when
+        the forecast covers only part of it; `inf` when none), how many covered candidates
+        were compared, and the means of the windows at `earliest` and at `latest` (`inf` unless
+        fully covered). `latest < earliest` is treated as `latest = earliest`.
+        """
+        if self.rmq is None:
+            raise ValueError("Candidates.best after release(); build the candidates again")
+        latest = np.maximum(latest, earliest)
+        dur = self.durations_s[rows]
+        now_mean = window_means(self.curve, earliest, dur, self.weights)
+        now_ref = window_means(self.curve, earliest, dur, self.weights, partial=True)
+        last_mean = window_means(self.curve, latest, dur, self.weights)
+        base = rows * self.stride
+        lo = np.searchsorted(self.keys, base + earliest, side="right").astype(np.int64)
+        hi = np.searchsorted(self.keys, base + latest, side="left").astype(np.int64) - 1
+        inner = self.rmq.min(lo, hi)
+        best = np.minimum(np.minimum(now_mean, inner), last_mean)
+        threshold = best + TIE_REL * np.maximum(np.abs(best), 1.0)
+        first = self.rmq.first_at_most(lo, hi, threshold)
+        start = np.where(
+            now_mean <= threshold,
+            earliest,
+            np.where(first >= 0, self.starts[np.maximum(first, 0)], latest),
+        )
+        start = np.where(np.isfinite(best), start, earliest)
+        inner_count = np.where(hi >= lo, self.valid_before[hi + 1] - self.valid_before[lo], 0)
+        count = inner_count + np.isfinite(now_mean) + (np.isfinite(last_mean) & (latest > earliest))
+        return start, best, now_ref, count.astype(np.int64), now_mean, last_mean
+
+    def release(self) -> None:
+        """Free the range-minimum index (most of the memory); `best` no longer works."""
+        self.rmq = None
