@@ -136,11 +136,13 @@ def render_json(report: Report) -> str:
     if len(report.rows) + len(report.totals) + len(report.projects) <= JSON_ROWS_PER_LINE:
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     row = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
-    parts = []
+    chunks = ["{"]  # joined once: a by-job report's JSON is some 60 MB
     for key, value in data.items():
+        chunks.append(f"\n  {json.dumps(key)}: ")
         if key in ("totals", "rows", "projects") and value:
-            text = "[\n    " + ",\n    ".join(map(row, value)) + "\n  ]"
+            chunks += ("[\n    ", ",\n    ".join(map(row, value)), "\n  ]")
         else:
-            text = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
-        parts.append(f"  {json.dumps(key)}: {text}")
-    return "{\n" + ",\n".join(parts) + "\n}\n"
+            chunks.append(json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  "))
+        chunks.append(",")
+    chunks[-1] = "\n}\n"
+    return "".join(chunks)

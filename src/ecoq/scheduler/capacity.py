@@ -42,6 +42,7 @@ __all__ = [
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPS = 1e-6
+_CACHED_STATES = 4_000_000  # slot DP states kept between jobs (about 18 bytes each)
 
 
 _SECOND = timedelta(seconds=1)
@@ -241,11 +242,20 @@ class Context:
         self, si: int, gpus: int, version: tuple[int, int], run: int, idle: int
     ) -> SlotCache:
         """The slot DP cache for masked arrays `run`, `idle` (ids) at a site, emptied whenever
-        the site's free cells for `gpus` change."""
-        held = self._tables.get((si, gpus))
+        the site's free cells for `gpus` change, or when the caches grow too large (the
+        least recently asked for go first)."""
+        held = self._tables.pop((si, gpus), None)
         if held is None or held[0] != version:
-            held = self._tables[(si, gpus)] = (version, {})
+            held = (version, {})
+        self._tables[(si, gpus)] = held  # now the most recent
+        states = {id(t): t.r.size for c in self._all_caches() for t, _ in c.values()}
+        while sum(states.values()) > _CACHED_STATES and len(self._tables) > 1:
+            del self._tables[next(iter(self._tables))]
+            states = {id(t): t.r.size for c in self._all_caches() for t, _ in c.values()}
         return held[1].setdefault((run, idle), {})
+
+    def _all_caches(self) -> list[SlotCache]:
+        return [c for _, caches in self._tables.values() for c in caches.values()]
 
     def zone_of(self, si: int) -> ZoneGrid:
         return self.zones[self.sites[si].zone]
