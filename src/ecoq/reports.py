@@ -124,8 +124,8 @@ def _group_sql(by: str, dialect: str, days: bool) -> tuple[str, str]:
     return head, "1, 2, 3, 4, 5"
 
 
-#: A group's sums in `_NUMS` order (None where SQL summed nothing), and its marked units:
-#: unit -> [count, energy_j, realized_g, embodied_g].
+#: A group's sums in `_NUMS` order (None or 0 where there was nothing to add), and its marked
+#: units: unit -> [count, energy_j, realized_g, embodied_g].
 _Group = tuple[tuple[Any, ...], dict[str, list[float]]]
 
 
@@ -238,22 +238,19 @@ def build_report(
         raise ValueError(f"--by {by!r} is not one of {', '.join(GROUPS)}")
     params = {"since": time_param(reader, since), "until": time_param(reader, until)}
     base = _fetch(reader, by, _dialect(reader), params, days)
-    rows = _accumulate(base, ("g_key", "g_label", "g_signal"))
     totals = _accumulate(base, ("g_signal",))
-    projects = None
-    if by != "project":
-        projects = _accumulate(base, ("g_project", "g_signal"))
+    projects = _accumulate(base, ("g_project", "g_signal")) if by != "project" else None
+    per_day = _accumulate(base, ("g_day", "g_signal")) if days else {}
+    group_rows = _job_rows(base) if by == "job" and not days else None
+    if group_rows is None:
+        name = (lambda k: f"{k[0]} {k[1]}") if by == "job" else (lambda k: str(k[0] or "-"))
+        group_rows = _rows(_accumulate(base, ("g_key", "g_label", "g_signal")), name)
     daily: dict[str, list[tuple[date, float, float]]] = {}
-    if days:
-        for row in _rows(_accumulate(base, ("g_day", "g_signal"))):
-            if row["signal"] is not None:
-                day = date.fromisoformat(row["group"])
-                daily.setdefault(row["signal"], []).append(
-                    (day, row["realized_kg"], row["avoided_kg"])
-                )
-    name = (lambda k: f"{k[0]} {k[1]}") if by == "job" else (lambda k: str(k[0] or "-"))
+    for row in _rows(per_day):
+        if row["signal"] is not None:
+            day = date.fromisoformat(row["group"])
+            daily.setdefault(row["signal"], []).append((day, row["realized_kg"], row["avoided_kg"]))
     total_rows = _rows(totals, lambda k: "total")
-    group_rows = _rows(rows, name)
     return Report(
         since=since,
         until=until,
@@ -324,6 +321,20 @@ def _fetch(
             reader, f"SELECT {head}, {_UNIT_SUMS} FROM {units} GROUP BY {group}, u.unit", params
         )
     return _Fetched(sums, [r[_N:] for r in sums], marked, [r[_N + 1 :] for r in marked])
+
+
+def _job_rows(base: _Fetched) -> list[dict[str, Any]] | None:
+    """The by-job rows straight from the fetched runs when each job has one row (one signal):
+    `_fetch` reads them in job order, so there is nothing to roll up or sort. None otherwise."""
+    if len(dict.fromkeys(map(itemgetter(0), base.sums))) < len(base.sums):
+        return None
+    marked: dict[tuple[Any, ...], dict[str, list[float]]] = {}
+    for r, values in zip(base.units, base.unit_values, strict=True):
+        marked.setdefault(r[:_N], {})[r[_N]] = [v or 0.0 for v in values]
+    return [
+        _row(f"{r[0]} {r[1]}", r[4], values, marked.get(r[:_N]) or {})
+        for r, values in zip(base.sums, base.values, strict=True)
+    ]
 
 
 def _partition(keys: list[Any], items: list[Any]) -> dict[Any, list[Any]]:
