@@ -42,7 +42,7 @@ __all__ = [
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPS = 1e-6
-_CACHED_STATES = 4_000_000  # slot DP states kept between jobs (about 18 bytes each)
+_CACHED_STATES = 8_000_000  # slot DP states kept between jobs (about 18 bytes each)
 
 
 _SECOND = timedelta(seconds=1)
