@@ -48,6 +48,7 @@ class _State:
     config_file: Path | None = None
     verbose: bool = False
     settings: "Settings | None" = None
+    sites: "tuple[Site, ...] | None" = None  # `planner_sites()`, built once per command
 
 
 STATE = _State()
@@ -63,6 +64,7 @@ def _root(
     STATE.config_file = config
     STATE.verbose = verbose
     STATE.settings = None
+    STATE.sites = None
     import sys
 
     for stream in (sys.stdout, sys.stderr):
@@ -262,8 +264,10 @@ def planner_sites() -> "tuple[Site, ...]":
     """
     from ecoq.scheduler.sites import Site
 
+    if STATE.sites is not None:
+        return STATE.sites
     cfg = settings()
-    return tuple(
+    STATE.sites = tuple(
         Site(
             name=entry.name,
             zone=canonical_zone(entry.zone),
@@ -275,6 +279,7 @@ def planner_sites() -> "tuple[Site, ...]":
         )
         for entry in cfg.sites
     )
+    return STATE.sites
 
 
 def slurm_driver(queue: "Queue") -> "SlurmDriver | None":
@@ -283,14 +288,16 @@ def slurm_driver(queue: "Queue") -> "SlurmDriver | None":
     Raises:
         ConfigError: a Slurm site's keys are wrong.
     """
+    from ecoq.cli.check import slurm_sites
+
     cfg = settings()
-    entries = [e for e in cfg.sites if e.kind == "slurm"]
-    if not entries:
+    found = slurm_sites(cfg)
+    if not found:
         return None
-    from ecoq.scheduler.executors.slurm import SlurmExecutor, SlurmSite
+    from ecoq.scheduler.executors.slurm import SlurmExecutor
     from ecoq.scheduler.slurmdriver import SlurmDriver
 
-    executors = {e.name: SlurmExecutor(SlurmSite.from_table(e.name, e.slurm)) for e in entries}
+    executors = {site.name: SlurmExecutor(site) for site in found}
     return SlurmDriver(queue, executors, data_dir=cfg.data_dir, worker=cfg.site_name)
 
 

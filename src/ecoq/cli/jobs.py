@@ -242,10 +242,10 @@ def _preview_plan(queue: "Queue", spec: "JobSpec", now: "datetime") -> "dict[str
     site: LocalSite | SiteMap
     if sites:
         live = queue.live_daemon_names(since)
-        down = {s.name for s in sites if s.kind != "slurm" and s.name not in live}
-        if len(down) == sum(s.kind != "slurm" for s in sites):
-            down = set()  # no daemon runs yet: the first to start re-plans every job
-        site = SiteMap(cfg.site_name, sites, frozenset(down))
+        # No daemon runs yet: every site is usable (the first daemon re-plans every job).
+        site = (
+            SiteMap.seen_from(cfg.site_name, sites, live) if live else SiteMap(cfg.site_name, sites)
+        )
     else:
         site = LocalSite(
             name=cfg.site_name,

@@ -221,8 +221,7 @@ class Daemon(Reaping):
         since = now - timedelta(seconds=self.config.stale_after_s)
         if self.config.sites:
             live = self.queue.live_daemon_names(since) | {self.config.worker}
-            down = {s.name for s in self.config.sites if s.kind != "slurm" and s.name not in live}
-            return SiteMap(self.config.worker, self.config.sites, frozenset(down))
+            return SiteMap.seen_from(self.config.worker, self.config.sites, live)
         return replace(self.config.site(), daemons=max(1, self.queue.live_daemons(since)))
 
     def heartbeat(self) -> None:

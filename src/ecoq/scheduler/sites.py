@@ -89,6 +89,13 @@ class SiteMap:
         if len(set(names)) != len(names):
             raise ValidationError(f"site names must be unique; got {names}")
 
+    @classmethod
+    def seen_from(cls, me: str, sites: Sequence[Site], live: set[str]) -> "SiteMap":
+        """The sites as `me` sees them: daemon sites whose name is not in `live` (the daemons
+        with a fresh heartbeat) are down."""
+        down = {s.name for s in sites if s.kind != "slurm" and s.name not in live}
+        return cls(me, tuple(sites), frozenset(down))
+
     @property
     def limited(self) -> bool:
         """Whether any site has a capacity limit."""

@@ -106,17 +106,19 @@ class SlurmDriver:
     def _sync_one(self, job: Job, now: datetime, report: SlurmReport) -> None:
         assert job.id is not None
         ref = job.slurm_run_dir
+        record: dict[str, object] = {}
         if ref is not None:
-            record = self._record_site(job, Path(ref))
-            if record is None:
+            # The record is a file in the run folder: any executor reads it.
+            record = next(iter(self.executors.values())).record(Path(ref)) or {}
+            site = record.get("site", job.site)  # none yet: the daemon died before writing it
+            if site not in self.executors:
                 return  # another daemon's cluster
-            ex = self.executors[record]
-            keep = job.state == S.PLANNED and job.site == record
-            if not keep:
+            ex = self.executors[str(site)]
+            if job.state != S.PLANNED or job.site != site:
                 self._withdraw(job, ex, Path(ref), report)
                 if job.state != S.PLANNED or job.site not in self.executors:
                     return
-                ref = None
+                ref, record = None, {}
                 job.slurm_run_dir = None
         if job.state != S.PLANNED or job.planned_start is None or job.held:
             return
@@ -126,26 +128,11 @@ class SlurmDriver:
             if ref is None:
                 return
             report.submitted.append(job.id)
-        elif self._sent_start(ex, Path(ref)) != job.planned_start:
+        elif _sent_start(record) != job.planned_start:
             ex.move(Path(ref), job.planned_start)
             report.moved.append(job.id)
         if self._due(job, now) and self._claim_and_release(job, ex, Path(ref)):
             report.released.append(job.id)
-
-    def _record_site(self, job: Job, run_dir: Path) -> str | None:
-        """The Slurm site the submission in `run_dir` went to, if this daemon drives it; a
-        directory without a record (the daemon died before writing it) belongs to the job's
-        planned site."""
-        any_ex = next(iter(self.executors.values()))  # the record is a file: any reads it
-        record = any_ex.record(run_dir)
-        site = record.get("site") if record is not None else job.site
-        return str(site) if site in self.executors else None
-
-    @staticmethod
-    def _sent_start(ex: SlurmExecutor, run_dir: Path) -> datetime | None:
-        record = ex.record(run_dir) or {}
-        begin = record.get("begin")
-        return datetime.fromisoformat(begin) if isinstance(begin, str) else None
 
     @staticmethod
     def _due(job: Job, now: datetime) -> bool:
@@ -228,3 +215,9 @@ class SlurmDriver:
         except EcoqError as exc:
             log.warning("job %s: no energy from Slurm accounting: %s", job.id, exc)
             return None
+
+
+def _sent_start(record: dict[str, object]) -> datetime | None:
+    """The start last sent to Slurm (`begin` in the submission record); None: "now"."""
+    begin = record.get("begin")
+    return datetime.fromisoformat(begin) if isinstance(begin, str) else None
