@@ -2,7 +2,9 @@
 
 A tick reaps ended jobs, carries out requests (cancel, hold, release), expires jobs that may not
 run late, plans new jobs with `plan_jobs` (and re-plans every waiting job after a forecast
-refresh, or when capacity frees up on a limited site; `ecoq.scheduler.replan`), pauses and
+refresh, or when capacity frees up on a limited site; `ecoq.scheduler.replan`) or, as a service,
+asks the planner thread to (`ecoq.scheduler.planthread`: a re-plan of thousands of jobs takes
+seconds, and the tick must not wait for it), pauses and
 resumes interruptible jobs at their segment boundaries (`ecoq.scheduler.pauses`), and starts the
 jobs that are due, never using more GPUs or job slots than the box has. Jobs run under detached
 wrappers (`ecoq.scheduler.executors`), so a daemon killed at any point learns on restart how each
@@ -31,6 +33,7 @@ from ecoq.scheduler.executors.local import LocalExecutor
 from ecoq.scheduler.forecasts import ForecastSource, ForecastStore
 from ecoq.scheduler.metering import RunMeters, merge_segments, total_energy_j
 from ecoq.scheduler.pauses import PauseReport, Pauses, segment_end_for
+from ecoq.scheduler.planthread import PlannerThread, PlanRun
 from ecoq.scheduler.queue import Queue
 from ecoq.scheduler.reap import Reaping
 from ecoq.scheduler.reconcile import AccountingParams, reconcile
@@ -100,6 +103,7 @@ class TickReport(PauseReport):
     reaped: list[int] = field(default_factory=list)
     started: list[int] = field(default_factory=list)
     requeued: list[int] = field(default_factory=list)
+    #: Jobs this tick planned (0 when a planner thread plans: `Daemon.plan_in_background`).
     planned: int = 0
     expired: list[int] = field(default_factory=list)
     #: Jobs of a lost daemon that this tick reconciled as failed.
@@ -132,6 +136,9 @@ class Daemon(Reaping):
         self._replanned_at = 0.0  # time.monotonic() of the last full re-plan
         self._replan_took_s = 0.0
         self._lock = threading.Lock()
+        #: Plans on its own thread once `plan_in_background()` is called (the service does);
+        #: None: each tick plans inline (tests, `ecoq daemon --once`).
+        self.planner: PlannerThread | None = None
         self.meters = (
             RunMeters(config.meters, interval_s=config.meter_interval_s)
             if config.meters is not None
@@ -167,26 +174,7 @@ class Daemon(Reaping):
             limited = self.config.site().limited or any(s.limited for s in self.config.sites)
             if (report.reaped or report.checkpointed) and limited:
                 self._capacity_freed = True  # jobs pushed later for want of room may fit now
-            with self.registry.planning_lock() as planner:
-                if planner:  # else another daemon is planning right now: next tick
-                    everything = self._replan_all or (
-                        self._capacity_freed
-                        and time.monotonic() - self._replanned_at
-                        >= _REPLAN_SHARE * self._replan_took_s
-                    )
-                    began = time.monotonic()
-                    report.planned = replan(
-                        self.queue,
-                        self.source,
-                        now,
-                        self.config.planner,
-                        self._site(now),
-                        all_waiting=everything,
-                    )
-                    if everything:
-                        self._replan_all = self._capacity_freed = False
-                        self._replanned_at = time.monotonic()
-                        self._replan_took_s = self._replanned_at - began
+            report.planned = self._plan_step(now)
             if self.slurm is not None and not self.stopping:
                 report.slurm = self.slurm.sync(now)
             self.pauses.step(now, self.queue.active(self.config.worker), report)
@@ -197,6 +185,70 @@ class Daemon(Reaping):
             if self.retention is not None:
                 self.retention.step(now)  # hourly, at most ~1 s a tick; never raises
             return report
+
+    # -- planning ---------------------------------------------------------------------------
+    def _plan_step(self, now: datetime) -> int:
+        """Plan new jobs, or every waiting job after a forecast refresh (or, at most a
+        1/_REPLAN_SHARE of the time, when capacity came free). Inline, returns how many jobs got
+        a plan; with a planner thread (`plan_in_background`), asks it and returns 0."""
+        everything = self._replan_all or (
+            self._capacity_freed
+            and time.monotonic() - self._replanned_at >= _REPLAN_SHARE * self._replan_took_s
+        )
+        if self.planner is None:
+            return self._plan(now, all_waiting=everything) or 0
+        if everything:
+            # Cleared when asked: a refresh asked for while the thread plans gets one more plan.
+            self._replan_all = self._capacity_freed = False
+            self.planner.request(all_waiting=True)
+        elif self.queue.has_pending():
+            self.planner.request(all_waiting=False)
+        return 0
+
+    def _plan(self, now: datetime, *, all_waiting: bool) -> int | None:
+        """One plan (`ecoq.scheduler.replan.replan`), under the planning lock shared by the
+        daemons on one database: how many jobs got a plan; None when another daemon holds the
+        lock (a later tick tries again)."""
+        with self.registry.planning_lock() as planner:
+            if not planner:
+                return None
+            began = time.monotonic()
+            planned = replan(
+                self.queue,
+                self.source,
+                now,
+                self.config.planner,
+                self._site(now),
+                all_waiting=all_waiting,
+            )
+            if all_waiting:
+                self._replan_all = self._capacity_freed = False
+                self._replanned_at = time.monotonic()
+                self._replan_took_s = self._replanned_at - began
+            return planned
+
+    def _plan_beside(self, all_waiting: bool) -> int:
+        """The planner thread's plan: at the time it starts; a failed plan of every waiting
+        job is asked for again at the next tick."""
+        planned = None
+        try:
+            planned = self._plan(self.clock(), all_waiting=all_waiting)
+        finally:
+            if planned is None and all_waiting:
+                self._replan_all = True
+        return planned or 0
+
+    def plan_in_background(self, on_done: "Callable[[PlanRun], None] | None" = None) -> None:
+        """From now on, plan on a thread of its own (`ecoq.scheduler.planthread`): ticks stay
+        short however many jobs wait. `on_done` runs on that thread after each plan."""
+        if self.planner is None:
+            self.planner = PlannerThread(self._plan_beside, on_done=on_done)
+        self.planner.start()
+
+    def stop_planning(self, timeout_s: float = 60.0) -> None:
+        """Stop the planner thread, waiting up to `timeout_s` for a plan in progress."""
+        if self.planner is not None and not self.planner.stop(timeout_s):
+            log.warning("a plan still runs after %.0f s; left to finish or die with us", timeout_s)
 
     def _account(self, now: datetime) -> None:
         """Account runs that ended and reconcile provisional ones with realized values."""

@@ -9,7 +9,7 @@ pauses) are in `ecoq.scheduler.queue_core`; job SQL lives in these two modules o
 """
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -142,25 +142,48 @@ class Queue(DaemonSide):
             ).first()
         return found is not None
 
-    def set_plans(self, plans: Sequence[tuple[int, JobState, dict[str, Any]]]) -> int:
+    def set_plans(
+        self,
+        plans: Sequence[tuple[int, JobState, dict[str, Any]]],
+        *,
+        seen: Mapping[int, datetime] | None = None,
+    ) -> int:
         """Record many plans in one transaction: `(job id, state it is in, column values)`.
 
         A waiting job (`pending`/`planned`) becomes `planned`; a `paused` job (a planned pause,
         not held) stays paused and gets the plan for its remaining work. Each row is a
-        compare-and-set on the state, so a job that moved on meanwhile is left alone. Every
-        dict must have the same keys. Returns how many rows were written.
+        compare-and-set on the state, so a job that moved on meanwhile is left alone. With
+        `seen` (job id → its `updated_at` when the planner read it; every job in `plans` must
+        be in it), a row is also skipped when the job changed since (`ecoq start`, `hold`, a
+        request) or is held, started by hand or has a request: a plan made from an older copy
+        never overwrites a user's action. Every dict must have the same keys. Returns how many
+        rows were sent (a skipped row is counted too).
         """
         if not plans:
             return 0
         now = self.clock()
         table = Job.__table__  # type: ignore[attr-defined]
         keys = sorted(plans[0][2])
+        fresh = (
+            [
+                table.c.updated_at == bindparam("p_seen", type_=table.c.updated_at.type),
+                table.c.held.is_(False),
+                table.c.run_now.is_(False),
+                table.c.request.is_(None),
+            ]
+            if seen is not None
+            else []
+        )
         written = 0
         with session(self.engine) as s:
             conn = s.connection()
             for kind in (S.PENDING, S.PAUSED):
                 rows = [
-                    {"p_id": job_id, **{f"p_{k}": v for k, v in values.items()}}
+                    {
+                        "p_id": job_id,
+                        **({"p_seen": seen[job_id]} if seen is not None else {}),
+                        **{f"p_{k}": v for k, v in values.items()},
+                    }
                     for job_id, state, values in plans
                     if (state == S.PAUSED) == (kind == S.PAUSED)
                 ]
@@ -175,7 +198,7 @@ class Queue(DaemonSide):
                     target = str(S.PLANNED)
                 stmt = (
                     table.update()
-                    .where(table.c.id == bindparam("p_id"), where)
+                    .where(table.c.id == bindparam("p_id"), where, *fresh)
                     .values(
                         state=target,
                         planned_at=now,

@@ -468,4 +468,5 @@ def replan(
         return 0
     planned = plan_batch(todo, holding, source, now, params, site)
     rows = [(job.id, job.state, fields) for job, fields in planned if job.id is not None]
-    return queue.set_plans(rows)
+    # Planning may take seconds: a job a user changed meanwhile keeps the user's change.
+    return queue.set_plans(rows, seen={job.id: job.updated_at for job in todo if job.id})

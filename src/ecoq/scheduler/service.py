@@ -1,7 +1,7 @@
 """Running the daemon as a service: one daemon per data folder (`DaemonLock`), and
 `run_forever`, which drives `Daemon.tick` with APScheduler, wakes it at the next planned start,
-pause or resume, keeps the heartbeat apart from the tick, and handles SIGTERM (warm, then cold
-stop). `ecoq.scheduler.daemon` re-exports both.
+pause or resume, keeps the heartbeat and the planning apart from the tick, and handles SIGTERM
+(warm, then cold stop). `ecoq.scheduler.daemon` re-exports both.
 """
 
 import fcntl
@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from ecoq.errors import EcoqError
 
 if TYPE_CHECKING:
     from ecoq.scheduler.daemon import Daemon
+    from ecoq.scheduler.planthread import PlanRun
 
 __all__ = ["DaemonLock", "run_forever"]
 
@@ -122,6 +124,15 @@ def run_forever(
     scheduler.add_job(
         daemon.request_replan, "interval", seconds=cfg.refresh_interval_s, id="refresh"
     )
+
+    def planned(run: "PlanRun") -> None:  # tick now: a job may be planned to start now
+        if run.planned and scheduler.running:
+            tick_now = datetime.now(UTC)
+            scheduler.add_job(
+                guarded_tick, "date", run_date=tick_now, id="wake", replace_existing=True
+            )
+
+    daemon.plan_in_background(on_done=planned)
     # The heartbeat runs apart from the tick, so a long tick (thousands of jobs to re-plan)
     # never makes this daemon look lost to the others.
     beat = threading.Thread(
@@ -150,6 +161,7 @@ def run_forever(
         beat.join()
         if scheduler.running:
             scheduler.shutdown(wait=True)
+        daemon.stop_planning()
         daemon.close()
         if metrics is not None:
             metrics.close()
