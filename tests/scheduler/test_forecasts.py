@@ -118,6 +118,25 @@ def test_live_then_fresh_cache_then_live_again(store: ForecastStore, clock: Fake
     assert again is not None and again.points[0].g_per_kwh == 7 and provider.calls == 2
 
 
+def test_a_fresh_but_short_cached_forecast_does_not_cut_a_longer_request_short(
+    store: ForecastStore, clock: FakeClock
+) -> None:
+    provider = StubProvider()
+    provider.results = [hourly(clock.now, [5] * 2), hourly(clock.now, [6] * 24)]
+    source = chain(provider, store, clock)
+    short = source.forecast("DE", clock.now, clock.now + 2 * H)  # `ecoq forecast --hours 2`
+    assert short is not None and len(short.points) == 2 and provider.calls == 1
+    day = source.forecast("DE", clock.now, clock.now + 24 * H)
+    assert day is not None and len(day.points) == 24 and provider.calls == 2
+    # A full day-ahead forecast is as long as the provider gives: a longer ask uses it.
+    longer = source.forecast("DE", clock.now, clock.now + 72 * H)
+    assert longer is not None and len(longer.points) == 24 and provider.calls == 2
+    # The provider down: the short cached one still serves (step 2 of the chain).
+    provider.results = []
+    store_only = chain(provider, store, clock)
+    assert store_only.forecast("DE", clock.now, clock.now + 48 * H) is not None
+
+
 def test_provider_down_uses_cache_then_marks_it_stale(
     store: ForecastStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

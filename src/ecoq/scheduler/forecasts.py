@@ -4,7 +4,9 @@ Every forecast a provider returns, and every series of realized values, is store
 (`ForecastStore`) with its provider, signal, issue time and fetch time. `ForecastSource` is what
 the planner asks, and it fails over exactly as design.md's "Planning" says:
 
-1. a fresh cached forecast (fetched within `refresh_s`), else the zone's providers, live, in
+1. a fresh cached forecast (fetched within `refresh_s`) that reaches the window's end or is a
+   full day-ahead forecast (`FULL_HORIZON`: a shorter one was fetched for a short window, e.g.
+   `ecoq forecast --hours 1`), else the zone's providers, live, in
    order (`forecast.provider = "ukgrid, electricitymaps"`; one signal type, checked by config);
 2. the newest cached forecast covering the window, however old (with a warning past `max_age_s`);
 3. the fallback forecaster on stored realized history;
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 #: How much realized history the fallback forecaster is given.
 FALLBACK_HISTORY = timedelta(days=63)
+#: A cached forecast reaching this far past its fetch is as long as providers give (their
+#: day-ahead forecasts reach 24 to 72 h): a longer request is served from it, not refetched.
+FULL_HORIZON = timedelta(hours=24)
 
 
 def _utcnow() -> datetime:
@@ -209,7 +214,11 @@ class ForecastSource:
         """
         now = self.clock()
         cached = self._cached(zone, start)
-        if cached is not None and (now - cached[1]).total_seconds() < self.settings.refresh_s:
+        if (
+            cached is not None
+            and (now - cached[1]).total_seconds() < self.settings.refresh_s
+            and (cached[0].end >= end or cached[0].end - cached[1] >= FULL_HORIZON)
+        ):
             return self._use(zone, "cache", cached[0])
         causes = []
         for provider in self.providers:
