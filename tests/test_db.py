@@ -1,5 +1,6 @@
 """The database layer: migrations match the models, SQLite is set up for concurrent use."""
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, event, text
 from sqlmodel import SQLModel
 
 import ecoq.db
@@ -110,3 +112,124 @@ def test_utc_round_trip(queue: Queue, clock: FakeClock) -> None:
     assert isinstance(loaded.submitted_at, datetime)
     assert loaded.submitted_at == clock.now
     assert loaded.submitted_at.utcoffset() is not None
+
+
+# -- the SQLite connection pool ---------------------------------------------------------------
+
+
+def _connects(engine: Engine) -> list[int]:
+    """The pids that opened each new DBAPI connection of `engine` from now on."""
+    opened: list[int] = []
+    event.listen(engine, "connect", lambda *_: opened.append(os.getpid()))
+    return opened
+
+
+def _write(engine: Engine, n: int) -> None:
+    with engine.begin() as conn:
+        for _ in range(n):
+            conn.execute(text("INSERT INTO t (pid) VALUES (:pid)"), {"pid": os.getpid()})
+
+
+def _table(url: str) -> Engine:
+    engine = open_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, pid INTEGER, pad TEXT)"))
+    return engine
+
+
+def test_a_sqlite_engine_keeps_its_connection_and_the_wal(db_url: str, tmp_path: Path) -> None:
+    """One connection serves every transaction, so no transaction pays for a checkpoint; the
+    WAL is checkpointed and removed when the engine is disposed."""
+    engine = _table(db_url)
+    opened = _connects(engine)
+    for _ in range(50):
+        _write(engine, 1)
+    assert len(opened) <= 1  # the one kept since the table was made, or one new one
+    assert (tmp_path / "ecoq.db-wal").exists()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == (
+            ecoq.db.SQLITE_WAL_LIMIT_BYTES
+        )
+    engine.dispose()
+    assert not (tmp_path / "ecoq.db-wal").exists()
+
+
+def test_the_wal_is_cut_back_after_a_large_transaction(db_url: str, tmp_path: Path) -> None:
+    engine = _table(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO t (pid, pad) VALUES (:pid, :pad)"),
+            [{"pid": i, "pad": "x" * 1000} for i in range(12_000)],
+        )
+    assert (tmp_path / "ecoq.db-wal").stat().st_size > ecoq.db.SQLITE_WAL_LIMIT_BYTES
+    for _ in range(1100):  # past the automatic checkpoint (1000 pages), then a WAL restart
+        _write(engine, 1)
+    assert (tmp_path / "ecoq.db-wal").stat().st_size <= ecoq.db.SQLITE_WAL_LIMIT_BYTES
+    engine.dispose()
+
+
+def test_foreign_keys_are_enforced_on_pooled_connections_after_a_migration(db_url: str) -> None:
+    """The migration turns foreign keys off on its connection; that connection must never be
+    handed out again."""
+    engine = open_engine(db_url)  # creates the schema: a migration ran on this engine
+    for _ in range(3):
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+def test_a_forked_child_never_uses_the_parents_connection(db_url: str) -> None:
+    """`os.fork()` (the crash harness's fork server, any forking executor) copies the pool;
+    the child must open its own connection and leave the parent's alone."""
+    engine = _table(db_url)
+    _write(engine, 1)
+    opened = _connects(engine)
+    pool_before = id(engine.pool)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            _write(engine, 5)
+            fresh = id(engine.pool) != pool_before and opened == [os.getpid()]
+            engine.dispose()
+            code = 0 if fresh else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    _write(engine, 1)
+    assert opened == [] and id(engine.pool) == pool_before  # the parent's connection, unharmed
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 7
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    engine.dispose()
+
+
+_WRITER = """
+import sys
+from sqlalchemy import text
+from ecoq.db import open_engine
+engine = open_engine(sys.argv[1])
+for _ in range(40):
+    with engine.begin() as conn:
+        n = conn.execute(text("SELECT count(*) FROM t")).scalar()
+        conn.execute(text("INSERT INTO t (pid, pad) VALUES (:n, 'w')"), {"n": n})
+engine.dispose()
+"""
+
+
+def test_processes_write_safely_while_a_daemon_keeps_its_connection(db_url: str) -> None:
+    """Several CLI-like processes and a daemon-like engine that keeps its connection open
+    write to one file at once: every transaction lands, none sees another half-done."""
+    engine = _table(db_url)
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, db_url]) for _ in range(3)]
+    for _ in range(40):
+        with engine.begin() as conn:
+            n = conn.execute(text("SELECT count(*) FROM t")).scalar()
+            conn.execute(text("INSERT INTO t (pid, pad) VALUES (:n, 'd')"), {"n": n})
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    with engine.connect() as conn:
+        counts = [row[0] for row in conn.execute(text("SELECT pid FROM t ORDER BY id"))]
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    assert counts == list(range(160))  # each writer saw every earlier commit, none lost
+    engine.dispose()

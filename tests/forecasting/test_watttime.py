@@ -182,6 +182,40 @@ def test_warnings_are_logged_once(
     assert logged == ["watttime warning for CAISO_NORTH: EXAMPLE_WARNING: This is just an example"]
 
 
+def test_warnings_are_logged_without_credentials_and_bounded(
+    router: respx.MockRouter, fake: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    echoed = (
+        f"login {WT_USER}:{WT_PASSWORD} with token {WT_TOKEN};\nfake line password=hunter2x "
+        + "x" * 5000
+    )
+    warnings: list[Any] = [
+        {"type": f"ECHO {WT_TOKEN}", "message": echoed},
+        {"type": "LONG", "message": "y" * 100_000},
+        "not an object",
+    ]
+    router.get("/v3/forecast").respond(json=wt_answer(points([900, 900]), warnings=warnings))
+    with caplog.at_level(logging.WARNING, logger="ecoq.forecasting.watttime"):
+        make(fake).forecast("CAISO_NORTH", NOW, NOW)
+    records = [r for r in caplog.records if r.getMessage().startswith("watttime warning")]
+    assert len(records) == 2
+    for record in records:
+        text = f"{record.getMessage()} {record.args!r}"
+        for secret in (WT_USER, WT_PASSWORD, WT_TOKEN, "hunter2x"):
+            assert secret not in text
+        assert "\n" not in record.getMessage()
+        assert len(record.getMessage()) < 500
+    first = records[0].getMessage()
+    assert first.startswith("watttime warning for CAISO_NORTH: ECHO ***: login ***:*** with token")
+    assert "password=***" in first and first.endswith("…")
+
+
+def test_odd_warnings_fields_are_ignored(router: respx.MockRouter, fake: FakeTime) -> None:
+    for odd in (5, "text", {"type": "W"}):
+        router.get("/v3/forecast").respond(json=wt_answer(points([900, 900]), warnings=odd))
+        assert make(fake).forecast("CAISO_NORTH", NOW, NOW).points
+
+
 def test_history_is_chunked_to_30_days(router: respx.MockRouter, fake: FakeTime) -> None:
     start = datetime(2024, 3, 1, tzinfo=UTC)
     end = start + timedelta(days=65)

@@ -4,10 +4,19 @@ import csv
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ecoq.errors import ValidationError
-from ecoq.scheduler.simdata import read_forecasts, read_jobs, read_trace, write_schedule
+from ecoq.scheduler.simdata import (
+    MAX_STEPS_PAST_END,
+    SimJob,
+    Trace,
+    read_forecasts,
+    read_jobs,
+    read_trace,
+    write_schedule,
+)
 from ecoq.scheduler.simulate import simulate
 
 T0 = datetime(2021, 7, 1, tzinfo=UTC)
@@ -137,3 +146,23 @@ def test_bad_inputs(tmp_path: Path) -> None:
     )
     with pytest.raises(ValidationError, match="not a time of the trace"):
         read_forecasts(fc, trace)
+
+
+@pytest.mark.parametrize("policy", ["now", "window", "ecoq", "oracle"])
+def test_library_refuses_deadlines_far_past_the_trace(policy: str) -> None:
+    """`simulate` itself checks the horizon (not only `ecoq simulate`): without the check, a
+    deadline 10 years past a 5-minute trace made the planner extend the trace step by step."""
+    step_s = 300.0
+    start_s = (T0 - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()
+    times = np.array([start_s + i * step_s for i in range(12)])
+    trace = Trace(times=times, zones={"A": np.full(12, 100.0)}, step_s=step_s)
+    end_s = trace.end_s
+    far = SimJob("far", start_s, 3600.0, end_s + (MAX_STEPS_PAST_END + 1) * step_s, ("A",))
+    near = SimJob("near", start_s, 3600.0, end_s + MAX_STEPS_PAST_END * step_s, ("A",))
+    with pytest.raises(ValidationError) as info:
+        simulate(trace, [near, far], policy=policy)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        f"job far: its deadline is {MAX_STEPS_PAST_END + 1:,} trace steps past the end of the "
+        f"intensity trace (at most {MAX_STEPS_PAST_END:,}); extend the trace or give the job an "
+        "earlier deadline"
+    )

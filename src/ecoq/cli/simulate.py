@@ -87,13 +87,7 @@ def simulate(
 ) -> None:
     """Replay jobs on a real intensity trace and report what a policy saves."""
     from ecoq.errors import ValidationError
-    from ecoq.scheduler.simdata import (
-        check_horizon,
-        read_forecasts,
-        read_jobs,
-        read_trace,
-        write_schedule,
-    )
+    from ecoq.scheduler.simdata import read_forecasts, read_jobs, read_trace, write_schedule
     from ecoq.scheduler.simulate import POLICIES
     from ecoq.scheduler.simulate import simulate as run_simulation
 
@@ -113,8 +107,7 @@ def simulate(
         if seed < 0:
             raise ValidationError(f"--seed {seed} must be 0 or more")
         trace = read_trace(intensity)
-        job_list = read_jobs(jobs)
-        check_horizon(trace, job_list)
+        job_list = read_jobs(jobs)  # the simulation checks their deadlines against the trace
         log = read_forecasts(forecast, trace) if forecast is not None else None
         progress = _Progress()
         try:

@@ -9,6 +9,7 @@ multiplied by 0.45359237. Free accounts may read only CAISO_NORTH.
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from ecoq.forecasting.validation import (
     parse_time,
     parse_value,
 )
+from ecoq.logs import redact
 
 if TYPE_CHECKING:
     import httpx
@@ -46,6 +48,11 @@ MAX_HORIZON_H = 72
 HISTORY_CHUNK = timedelta(days=30)  # the API allows 32 days per query
 REGION_TTL_S = 30 * 24 * 3600  # boundaries change: re-query at least monthly
 RATE_LIMIT_PER_S = 10  # 3,000 requests per rolling 5 minutes per user
+WARNING_TYPE_MAX_CHARS = 80  # `meta.warnings[].type`, as logged
+WARNING_MAX_CHARS = 300  # `meta.warnings[].message`, as logged
+WARNINGS_PER_ANSWER = 10  # more in one answer are ignored
+WARNINGS_REMEMBERED = 256  # distinct warnings kept for logging each once
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class WattTimeProvider:
@@ -287,12 +294,7 @@ class WattTimeProvider:
         signal_type = meta.get("signal_type", self.signal_type)
         if signal_type != self.signal_type:
             where.fail(f"asked for signal_type {self.signal_type!r}, got {signal_type!r}")
-        for warning in meta.get("warnings") or []:
-            if isinstance(warning, dict):
-                key = (str(warning.get("type", "")), str(warning.get("message", "")))
-                if key not in self._warned:
-                    self._warned.add(key)
-                    log.warning("watttime warning for %s: %s: %s", where.zone, *key)
+        self._log_warnings(meta.get("warnings"), where)
         raw: list[tuple[datetime, float, bool | None]] = []
         for i, item in enumerate(body["data"]):
             if not isinstance(item, dict):
@@ -306,6 +308,40 @@ class WattTimeProvider:
             if value is not None:
                 raw.append((t, value, imputed if isinstance(imputed, bool) else None))
         return raw, meta
+
+    def _log_warnings(self, warnings: Any, where: Where) -> None:
+        """Log each new `meta.warnings` entry once, as one bounded line without credentials.
+
+        The text comes from the API, which may echo what it was sent (a careless error path
+        repeating the login, or the bearer token), so it is redacted like the HTTP layer's
+        error messages and cut to `WARNING_MAX_CHARS`; at most `WARNINGS_REMEMBERED` distinct
+        warnings are remembered for the once-only rule, so a provider that varies its text
+        cannot grow the daemon's memory.
+        """
+        if not isinstance(warnings, list):
+            return
+        for warning in warnings[:WARNINGS_PER_ANSWER]:
+            if not isinstance(warning, dict):
+                continue
+            kind = self._clean_text(warning.get("type", ""), WARNING_TYPE_MAX_CHARS)
+            message = self._clean_text(warning.get("message", ""), WARNING_MAX_CHARS)
+            key = (kind, message)
+            if key in self._warned:
+                continue
+            if len(self._warned) >= WARNINGS_REMEMBERED:
+                self._warned.clear()
+            self._warned.add(key)
+            log.warning("watttime warning for %s: %s: %s", where.zone, kind, message)
+
+    def _clean_text(self, value: Any, max_chars: int) -> str:
+        """`value` as one line of at most `max_chars`, credentials replaced by `***`.
+
+        Redacted before cutting (a cut could leave a prefix of a secret that no longer
+        matches), then control characters become spaces so one warning is one log line.
+        """
+        text = redact(value if isinstance(value, str) else str(value), self._secret_values())
+        text = _CONTROL.sub(" ", text[: max_chars * 4])
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
     def _build(
         self,

@@ -386,6 +386,11 @@ class Daemon(Reaping):
             run_dir=run_dir,
             uid=job.uid,  # its submitter: a root daemon (shared box) starts it as them
         )
+        if not self.queue.claim_holds(job.id, run.id, self.config.worker):
+            # Stalled between claim and launch, and reconciled as lost meanwhile: the lost-run
+            # reap (`ecoq.scheduler.lost`) takes the start token and puts the job back.
+            log.warning("job %s not started: its claim went stale (reconciled as lost)", job.id)
+            return False
         try:
             launched = self.executor.launch(spec)
         except EcoqError as exc:
@@ -424,8 +429,10 @@ class Daemon(Reaping):
         return bool(self.queue.active(self.config.worker))
 
     def is_idle(self) -> bool:
-        """Nothing running and nothing waiting that could start (held jobs wait for a user);
-        used by `--until-idle`."""
+        """Nothing running, nothing waiting that could start (held jobs wait for a user) and no
+        plan being made; used by `--until-idle`."""
+        if self.planner is not None and self.planner.busy:
+            return False
         return not any(
             job.state in ACTIVE or not job.held for job in self.queue.jobs(WAITING | ACTIVE)
         )

@@ -3,20 +3,21 @@ and the planned pauses of interruptible jobs. `ecoq.scheduler.queue.Queue` build
 classes (user-facing calls, submission, planning); job SQL lives in these two modules only.
 
 Every state change is a compare-and-set (`UPDATE … WHERE id = :id AND state IN (…)`) checked
-against `ecoq.states.TRANSITIONS`, so two processes racing on a job cannot both win.
+against `ecoq.states.TRANSITIONS`, so two processes racing on a job cannot both win. (The runs
+of a daemon reconciled as lost have their own SQL, in `ecoq.scheduler.lost`.)
 """
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, func, or_, update
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, update
 from sqlmodel import col, select
 
 from ecoq.db import session
 from ecoq.errors import JobNotFound
 from ecoq.faults import fault
-from ecoq.models import Job, Run
+from ecoq.models import DaemonRow, Job, Run
 from ecoq.scheduler.jobspec import hm
 from ecoq.states import ACTIVE, WAITING, JobState, check_transition
 
@@ -50,6 +51,12 @@ def _close_run(
             **({} if energy_series is None else {"energy_series": energy_series}),
         )
     )
+
+
+def _stopped_daemon(worker: str) -> ColumnElement[bool]:
+    """True when daemon `worker` has a row marked stopped (reconciled as lost, or stopped and
+    not yet started again). A worker without a row (tests, `Queue` used alone) is not."""
+    return exists().where(col(DaemonRow.name) == worker, col(DaemonRow.stopped_at).is_not(None))
 
 
 def _worked_s(job: Job, until: datetime) -> float:
@@ -213,6 +220,9 @@ class DaemonSide(QueueCore):
         resumed job (after a checkpoint) keeps its first start time; it is late when what is
         left of its work can no longer finish by the deadline. `segment_end` is when the run's
         planned pause is due (None: it runs to the end).
+
+        A daemon that another daemon reconciled as lost (its row in `daemons` is stopped) claims
+        nothing until its next heartbeat: what it read before it went silent is stale.
         """
         now = self.clock()
         remaining = max(0.0, job.duration_s - job.work_done_s)
@@ -234,6 +244,7 @@ class DaemonSide(QueueCore):
                     col(Job.id) == job.id,
                     col(Job.state) == str(S.PLANNED),
                     col(Job.held).is_(False),
+                    ~_stopped_daemon(worker),
                 )
                 .values(
                     state=str(S.RUNNING),
@@ -262,6 +273,28 @@ class DaemonSide(QueueCore):
             s.refresh(run)
         fault("claim-after")
         return run
+
+    def claim_holds(self, job_id: int, run_id: int, worker: str) -> bool:
+        """Whether `worker`'s claim that created run `run_id` still stands: the job is still
+        running as its, the run is its latest and open, and the daemon was not reconciled as
+        lost meanwhile. A daemon checks this just before it launches a claimed job, so one that
+        stalled between claim and launch never starts a job another daemon has failed."""
+        newer = select(Run.id).where(col(Run.job_id) == job_id, col(Run.id) > run_id)
+        with session(self.engine) as s:
+            found = s.exec(
+                select(Run.id)
+                .join(Job, col(Job.id) == col(Run.job_id))
+                .where(
+                    col(Run.id) == run_id,
+                    col(Run.job_id) == job_id,
+                    col(Run.finished_at).is_(None),
+                    col(Job.state) == str(S.RUNNING),
+                    col(Job.worker) == worker,
+                    ~newer.exists(),
+                    ~_stopped_daemon(worker),
+                )
+            ).first()
+        return found is not None
 
     def active(self, worker: str | None) -> list[tuple[Job, Run]]:
         """A daemon's running and paused jobs with their latest runs (every daemon's with

@@ -30,7 +30,7 @@ from ecoq.errors import ValidationError
 from ecoq.forecasting import Forecast, IntensityPoint
 from ecoq.scheduler.planning import JobRequest, Placement, Reservation, StartState, plan_jobs
 from ecoq.scheduler.scoring import Floats
-from ecoq.scheduler.simdata import ForecastLog, SimJob, Trace
+from ecoq.scheduler.simdata import ForecastLog, SimJob, Trace, check_horizon
 from ecoq.scheduler.sites import Site
 
 __all__ = ["POLICIES", "Policy", "ScheduledSegment", "SimResult", "simulate"]
@@ -227,13 +227,15 @@ def simulate(
         progress: called with (events done, events in all) as the replay advances.
 
     Raises:
-        ValidationError: a job's zone is not in the trace, `policy` is unknown, or a
+        ValidationError: a job's zone is not in the trace, a job's deadline lies too far past
+            the trace's end (`simdata.check_horizon`), `policy` is unknown, or a
             `forecast_error` is negative.
     """
     if policy not in POLICIES:
         raise ValidationError(f"policy {policy!r} is unknown; use one of {POLICIES}")
     if forecast_error is not None and not forecast_error >= 0:
         raise ValidationError(f"--forecast-error {forecast_error} must be a fraction ≥ 0")
+    check_horizon(trace, jobs)  # here, not in the CLI: every caller gets it
     for job in jobs:
         missing = [z for z in job.zones if z not in trace.zones]
         if missing:
