@@ -322,15 +322,9 @@ def test_simulate_files_with_a_bom_are_read(tmp_path: Path) -> None:
     assert list(read_trace(trace).zones) == ["DE"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="planner bug (ecoq.scheduler.capacity.slot_problem): a job shorter than 1e-6 of the "
-    "grid step needs ceil(duration / step - 1e-6) = 0 cells, and interruptible.segments_of "
-    "fails on the empty plan; only reachable through `ecoq simulate` with a trace step of "
-    "over a century. Fix: need = max(1, ...)",
-)
 def test_trace_with_a_century_step(tmp_path: Path) -> None:
+    """A job shorter than a millionth of the grid step (a trace step of two centuries) still
+    takes one cell of the slot search: it used to need none, and the empty plan failed."""
     trace = tmp_path / "trace.csv"
     trace.write_text("time,DE\n1900-01-01T00:00Z,1\n2100-01-01T00:00Z,5\n")
     jobs = tmp_path / "jobs.csv"
@@ -338,7 +332,10 @@ def test_trace_with_a_century_step(tmp_path: Path) -> None:
         "id,submit,duration_h,deadline,zones,interruptible,power_kw\n"
         "a,2026-01-01T00:00Z,1,2026-01-01T05:00Z,DE,1,1\n"
     )
-    simulate(read_trace(trace), read_jobs(jobs))
+    result = simulate(read_trace(trace), read_jobs(jobs))
+    assert result.summary()["jobs"] == 1
+    done = sum((s.end - s.start).total_seconds() for s in result.segments if s.id == "a")
+    assert done == pytest.approx(3600.0, abs=1e-3)
 
 
 # -- config files ----------------------------------------------------------------------------

@@ -162,3 +162,19 @@ def test_benchmark_shape_more_jobs_than_room() -> None:
     placed = plan_jobs(jobs, sites, fc, now=T0)
     assert peak_use(placed, jobs, "a")[0] <= 8
     assert any(p.warning for p in placed) and any(p.warning is None for p in placed)
+
+
+def test_a_job_far_shorter_than_a_cell_still_takes_one() -> None:
+    """Steps of two centuries: an interruptible hour is less than a millionth of a cell, and
+    its slot search still asks for one cell (it used to ask for none, and fail on the empty
+    plan)."""
+    step = timedelta(days=73050)
+    fc = Forecast("Z", "average", "test", "test", T0, step,
+                  (IntensityPoint(T0, 1.0), IntensityPoint(T0 + step, 5.0)))  # fmt: skip
+    jobs = [
+        job(0, 1.0, 5.0, interruptible=True),
+        job(1, 1.0, 5.0, interruptible=True, max_pauses=2),
+    ]
+    placed = plan_jobs(jobs, [Site("a", "Z", slots=2)], {"Z": fc}, now=T0)
+    for p in placed:
+        assert p.start == T0 and p.end == T0 + HOUR and not p.late

@@ -38,12 +38,12 @@ def table_inputs(draw: st.DrawFn) -> dict[str, object]:
 def test_stepping_by_work_fills_the_same_tables_as_stepping_by_cell(t: dict[str, object]) -> None:
     lanes = 1 if t["unlimited"] else t["lanes"]
     args = (t["rows"], t["need"], lanes, 1, t["unlimited"], t["start"])
-    fast = Tables(*args)  # type: ignore[arg-type]
-    slow = Tables(*args, by_cell=True)  # type: ignore[arg-type]
+    fast = Tables(*args, keep_stopped=True)  # type: ignore[arg-type]
+    slow = Tables(*args, by_cell=True, keep_stopped=True)  # type: ignore[arg-type]
     assert fast.by_work and not slow.by_work
     for g, row in enumerate(t["rows"]):  # type: ignore[attr-defined]
         w = row.stop - row.start  # cells past a row's own are padding
-        for name in ("r", "q", "carried", "held"):
+        for name in ("r", "q", "carried", "held", "fresh"):
             a, b = getattr(fast, name)[:w, g], getattr(slow, name)[:w, g]
             finite = np.isfinite(fast.q[:w, g]) if name == "held" else slice(None)
             if name == "carried":
@@ -86,9 +86,49 @@ def alone(p: SlotProblem) -> object:
 def test_shared_and_cached_tables_give_each_problem_its_own_plan(ps: list[SlotProblem]) -> None:
     want = [alone(p) for p in ps]
     assert plan_slots_many(ps) == want
-    cache: SlotCache = {}  # later problems reuse (or outgrow) the tables of earlier ones
+    cache = SlotCache()  # later problems reuse (or outgrow) the tables of earlier ones
     assert [plan_slots_many([p], [cache])[0] for p in ps] == want
     assert [plan_slots_many([p], [cache])[0] for p in reversed(ps)] == want[::-1]
+
+
+@st.composite
+def filling_problems(draw: st.DrawFn) -> list[SlotProblem]:
+    """One site's problems as its capacity fills up: cells become unusable (`inf`) between
+    problems, so the costs a kept table was filled with hold only in part."""
+    width = draw(st.integers(2, 60))
+    run = costs(draw, width)
+    ratio = draw(st.sampled_from([0.0, 0.0, 0.05]))
+    stopped = draw(st.sampled_from([True, True, False]))  # cannot hold GPUs in a full cell
+    out = []
+    for _ in range(draw(st.integers(1, 10))):
+        run = run.copy()
+        run[draw(st.lists(st.integers(0, width - 1), max_size=3))] = np.inf
+        idle = run * ratio if ratio > 0 else np.zeros(width)
+        if stopped:
+            idle = np.where(np.isfinite(run), idle, np.inf)
+        first = draw(st.sampled_from([0, 0, 0, 1, width // 2]))  # mostly "now": shared
+        out.append(
+            SlotProblem(
+                run,
+                idle,
+                first,
+                draw(st.sampled_from([width, width, width - 1, width // 2])),
+                draw(st.integers(1, max(1, width // 2))),
+                draw(st.sampled_from([None, 0, 1, 3])),
+                draw(st.sampled_from([1, 1, 2])),
+                draw(st.sampled_from(["new", "new", "running", "paused"])),
+            )
+        )
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(filling_problems())
+def test_tables_kept_as_capacity_fills_give_each_problem_its_own_plan(
+    ps: list[SlotProblem],
+) -> None:
+    cache = SlotCache()
+    assert [plan_slots_many([p], [cache])[0] for p in ps] == [alone(p) for p in ps]
 
 
 def scan(values: list[float]) -> int:

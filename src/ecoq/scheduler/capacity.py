@@ -9,8 +9,10 @@ still fit by the deadline (the contiguous search is `ecoq.scheduler.fitting`). A
 Times are epoch seconds (floats) here; each zone's grid converts them to its own seconds.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import count as counter
 from math import ceil, floor
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,7 @@ __all__ = [
     "cells_ok",
     "dt",
     "fit_slots",
+    "pause_ratio",
     "slot_problem",
     "slots_choice",
     "take",
@@ -42,7 +45,7 @@ __all__ = [
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPS = 1e-6
-_CACHED_STATES = 8_000_000  # slot DP states kept between jobs (about 18 bytes each)
+_CACHED_STATES = 13_000_000  # slot DP states kept between jobs (about 11 bytes each)
 
 
 _SECOND = timedelta(seconds=1)
@@ -87,16 +90,25 @@ class Usage:
             self._after.clear()
             self._grown += 1
         a, b = max(c0, 0), max(c1, 0)
-        self.gpus[a:b] += gpus
-        self.jobs[a:b] += slots
-        if b <= a or not self._free:
+        if b <= a:
             return
-        cap_g, cap_j = self.site.gpus, self.site.slots
-        used_g, used_j = self.gpus[a:b], self.jobs[a:b]
+        if gpus:
+            self.gpus[a:b] += gpus
+        if slots:
+            self.jobs[a:b] += slots
+        if not self._free:
+            return
+        # A count that did not grow fills no cell up: where it is over the limit, the cell
+        # was full already.
+        cap_g = self.site.gpus if gpus else None
+        cap_j = self.site.slots if slots else None
+        used_g = self.gpus[a:b]
         top_g = int(used_g.max()) if cap_g is not None else 0
         no_slot = None
-        if cap_j is not None and int(used_j.max()) >= cap_j:
-            no_slot = used_j >= cap_j
+        if cap_j is not None:
+            used_j = self.jobs[a:b]
+            if int(used_j.max()) >= cap_j:
+                no_slot = used_j >= cap_j
         for g, free in self._free.items():
             cannot = no_slot
             if cap_g is not None and top_g + g > cap_g:
@@ -109,13 +121,39 @@ class Usage:
                 continue
             free[a:b] &= ~full
             self._changes[g] = self._changes.get(g, 0) + 1
-            counts = self._blocked.get(g)
-            if counts is not None:  # prefix counts: the new cells count from where they are
-                more = np.cumsum(full)
-                counts[a + 1 : b + 1] += more
-                counts[b + 1 :] += more[-1]
+            cells = np.flatnonzero(full)
+            nxt = self._blocked.get(g)
+            if nxt is not None:
+                _block(nxt, a, b, a + cells)
             if g in self._after:
-                self._after[g] = max(self._after[g], a + int(np.flatnonzero(full)[-1]) + 1)
+                self._after[g] = max(self._after[g], a + int(cells[-1]) + 1)
+
+    def add_many(self, c0: Ints, c1: Ints, gpus: Ints, slots: Ints) -> None:
+        """`add` each range in turn (the same counts, size and versions afterwards): at once
+        while no cache is kept (reservations, before planning starts), else one by one."""
+        if self._free:
+            for args in zip(c0.tolist(), c1.tolist(), gpus.tolist(), slots.tolist(), strict=True):
+                self.add(*args)
+            return
+        n = len(self.gpus)
+        for end in c1.tolist():  # grown as `add` grows it, one range after another
+            if end > n:
+                n = max(end, 2 * n)
+                self._grown += 1
+        a, b = np.maximum(c0, 0), np.maximum(c1, 0)
+        keep = b > a
+        a, b = a[keep], b[keep]
+
+        def counted(counts: Ints, taken: Ints) -> Ints:
+            step = np.zeros(n + 1, dtype=np.int64)
+            np.add.at(step, a, taken)
+            np.add.at(step, b, -taken)
+            out = np.concatenate((counts, np.zeros(n - len(counts), dtype=np.int64)))
+            out += np.cumsum(step[:n])
+            return out
+
+        self.gpus = counted(self.gpus, gpus[keep])
+        self.jobs = counted(self.jobs, slots[keep])
 
     def _fits(self, gpus: int, cells: slice) -> Bools:
         ok = np.ones(len(self.gpus[cells]), dtype=np.bool_)
@@ -132,9 +170,20 @@ class Usage:
         return self._free[gpus]
 
     def blocked(self, gpus: int) -> Ints:
-        """Prefix counts of cells where a job with `gpus` GPUs does not fit (`n + 1` values)."""
+        """For each cell boundary `0..n`, the first cell at or after it where a job with `gpus`
+        GPUs does not fit (`n` if none): the job fits over cells `[c0, c1)` exactly when the
+        values at `c0` and `c1` are equal (a cached array: do not modify it).
+
+        Unlike prefix counts, this changes only just before and among cells that fill up,
+        so `add` keeps it up to date without rewriting the rest of the grid."""
         if gpus not in self._blocked:
-            self._blocked[gpus] = np.concatenate(([0], np.cumsum(~self.free(gpus))))
+            free = self.free(gpus)
+            n = len(free)
+            at = np.where(free, n, np.arange(n))
+            nxt = np.empty(n + 1, dtype=np.int64)
+            nxt[n] = n
+            np.minimum.accumulate(at[::-1], out=nxt[n - 1 :: -1] if n else nxt[:0])
+            self._blocked[gpus] = nxt
         return self._blocked[gpus]
 
     def free_after(self, gpus: int) -> int:
@@ -155,6 +204,22 @@ class Usage:
         return (self.site.gpus is None or gpus <= self.site.gpus) and (
             self.site.slots is None or self.site.slots >= 1
         )
+
+
+def _block(nxt: Ints, a: int, b: int, cells: Ints) -> None:
+    """Update `Usage.blocked`'s array `nxt` for `cells` (sorted, within `[a, b)`) that no longer
+    fit: boundaries before the first of them whose next blocked cell came later now meet it
+    (they end a run of equal values, `nxt` being sorted), and those among them meet the next."""
+    first, last = int(cells[0]), int(cells[-1])
+    since = int(np.searchsorted(nxt[:first], first, side="right"))
+    nxt[since:first] = first
+    if last - first + 1 == len(cells):  # one run of cells: each is its own next
+        nxt[first : last + 1] = cells
+        return
+    ahead = np.full(b - first, len(nxt) - 1, dtype=np.int64)
+    ahead[cells - first] = cells
+    np.minimum.accumulate(ahead[::-1], out=ahead[::-1])
+    np.minimum(nxt[first:b], ahead, out=nxt[first:b])
 
 
 @dataclass
@@ -180,6 +245,13 @@ class ZoneGrid:
     def cell_range(self, start_s: float, end_s: float) -> tuple[int, int]:
         tick = self.curve.tick_s
         return floor(self.sec(start_s) / tick + _EPS), ceil(self.sec(end_s) / tick - _EPS)
+
+    def cell_ranges(self, start_s: Floats, end_s: Floats) -> tuple[Ints, Ints]:
+        """`cell_range` of many ranges (the same arithmetic)."""
+        tick = self.curve.tick_s
+        c0 = np.floor((start_s - self.origin_s) / tick + _EPS).astype(np.int64)
+        c1 = np.ceil((end_s - self.origin_s) / tick - _EPS).astype(np.int64)
+        return c0, c1
 
 
 @dataclass
@@ -207,9 +279,12 @@ class Context:
     min_saving: float
     site_index: dict[str, int]
     ends: dict[str, Floats] = field(default_factory=dict)  # zone → job × (first, last) means
-    #: zone → per job: `fitting`'s row bounds (lo, hi) and whether its fast path applies
-    fit_bounds: dict[str, tuple[Ints, Ints, Bools]] = field(default_factory=dict)
-    fit_lists: dict[str, tuple[list[int], list[int], list[bool]]] = field(default_factory=dict)
+    #: zone → per job: `fitting`'s row bounds (lo, hi), whether its fast path applies, and
+    #: how far the jobs that share its `lo` look
+    fit_bounds: dict[str, tuple[Ints, Ints, Bools, Ints]] = field(default_factory=dict)
+    fit_lists: dict[str, tuple[list[int], list[int], list[bool], list[int]]] = field(
+        default_factory=dict
+    )
     lower: Floats = field(default_factory=lambda: np.zeros((0, 0)))  # job × site best mean
     lower_start: Floats = field(default_factory=lambda: np.zeros((0, 0)))  # and its start
     now_mean: Floats = field(default_factory=lambda: np.zeros((0, 0)))  # job × site, start now
@@ -220,6 +295,10 @@ class Context:
     prefix: "dict[tuple[int, int, tuple[float, ...], int, int], Prefix]" = field(
         default_factory=dict
     )
+    #: `fitting`'s first fitting candidate, by the same keys: (usage version, position)
+    first_fit: dict[tuple[int, int, tuple[float, ...], int, int], tuple[tuple[int, int], int]] = (
+        field(default_factory=dict)
+    )
     idle_any: dict[int, bool] = field(default_factory=dict)  # id(idle) → any idle cost
     #: (job, site) → its slot plan without capacity (None: none), for interruptible jobs
     free_slots: dict[tuple[int, int], SlotPlan | None] = field(default_factory=dict)
@@ -227,10 +306,10 @@ class Context:
     masked: dict[tuple[int, float, bool, int], tuple[tuple[int, int], Floats, Floats]] = field(
         default_factory=dict
     )
-    #: (site, GPUs) → the site's version, and slot DP tables by (id(run), id(idle))
-    _tables: dict[tuple[int, int], tuple[tuple[int, int], dict[tuple[int, int], SlotCache]]] = (
-        field(default_factory=dict)
-    )
+    #: (site, pause cost ratio, stopped) → slot DP tables, kept as capacity fills up (a table
+    #: serves a later problem only over the same costs: see `plan_slots_many`)
+    _tables: dict[tuple[int, float, bool], SlotCache] = field(default_factory=dict)
+    _clock: Iterator[int] = field(default_factory=counter)  # shared by the caches, for LRU
 
     def __post_init__(self) -> None:
         # Python floats for the per-job loop (the same values; numpy scalars are slow there).
@@ -238,24 +317,17 @@ class Context:
         self.dll: list[float] = self.dl.tolist()
         self.durl: list[float] = self.dur.tolist()
 
-    def slot_tables(
-        self, si: int, gpus: int, version: tuple[int, int], run: int, idle: int
-    ) -> SlotCache:
-        """The slot DP cache for masked arrays `run`, `idle` (ids) at a site, emptied whenever
-        the site's free cells for `gpus` change, or when the caches grow too large (the
-        least recently asked for go first)."""
-        held = self._tables.pop((si, gpus), None)
-        if held is None or held[0] != version:
-            held = (version, {})
-        self._tables[(si, gpus)] = held  # now the most recent
-        states = {id(t): t.r.size for c in self._all_caches() for t, _ in c.values()}
-        while sum(states.values()) > _CACHED_STATES and len(self._tables) > 1:
-            del self._tables[next(iter(self._tables))]
-            states = {id(t): t.r.size for c in self._all_caches() for t, _ in c.values()}
-        return held[1].setdefault((run, idle), {})
-
-    def _all_caches(self) -> list[SlotCache]:
-        return [c for _, caches in self._tables.values() for c in caches.values()]
+    def slot_tables(self, key: tuple[int, float, bool]) -> SlotCache:
+        """The slot DP cache for a site's pause costs. While the caches hold too many states,
+        the table used least recently (in any of them) goes."""
+        cache = self._tables.get(key)
+        if cache is None:
+            cache = self._tables[key] = SlotCache(self._clock)
+        while sum(c.states() for c in self._tables.values()) > _CACHED_STATES:
+            used = [(u, c) for c in self._tables.values() if (u := c.last_used()) is not None]
+            (_, tables), owner = min(used, key=lambda found: found[0][0])
+            owner.forget(tables)
+        return cache
 
     def zone_of(self, si: int) -> ZoneGrid:
         return self.zones[self.sites[si].zone]
@@ -270,9 +342,7 @@ def slot_problem(ctx: Context, j: int, si: int, free: Bools | None = None) -> Sl
     if not zone.covered:
         return None
     tick = zone.curve.tick_s
-    ratio = 0.0
-    if job.pause == "stop":
-        ratio = job.gpus * site.idle_w_per_gpu / 1000.0 / job.power_kw
+    ratio = pause_ratio(ctx, j, si)
     if (si, ratio) not in ctx.runs:
         run = zone.costs * site.pue
         ctx.runs[(si, ratio)] = (run, run * ratio if ratio > 0 else np.zeros_like(run))
@@ -289,9 +359,23 @@ def slot_problem(ctx: Context, j: int, si: int, free: Bools | None = None) -> Sl
         run, idle = masked[1], masked[2]
     first = ceil(zone.sec(ctx.el[j]) / tick - _EPS)
     stop = floor(zone.sec(ctx.dll[j]) / tick + _EPS)
-    need = ceil(ctx.durl[j] / tick - _EPS)
+    need = _cells(ctx.durl[j], tick)
     min_cells = max(1, ceil(job.min_segment / timedelta(seconds=tick) - _EPS))
     return SlotProblem(run, idle, first, stop, need, job.max_pauses, min_cells, job.state)
+
+
+def _cells(duration_s: float, tick: float) -> int:
+    """Cells a run of `duration_s` takes: at least one, however short it is against the grid
+    (a job shorter than a millionth of a cell would otherwise need none)."""
+    return max(1, ceil(duration_s / tick - _EPS))
+
+
+def pause_ratio(ctx: Context, j: int, si: int) -> float:
+    """A stopped pause's idle cost per cell, relative to running (0 for a checkpoint)."""
+    job = ctx.jobs[j]
+    if job.pause != "stop":
+        return 0.0
+    return job.gpus * ctx.sites[si].idle_w_per_gpu / 1000.0 / job.power_kw
 
 
 def slots_choice(ctx: Context, j: int, si: int, plan: SlotPlan) -> Choice:
@@ -304,7 +388,7 @@ def slots_choice(ctx: Context, j: int, si: int, plan: SlotPlan) -> Choice:
         length = min((b - a) * tick, left)
         segs.append((s0, s0 + length))
         left -= length
-    need = ceil(ctx.durl[j] / tick - _EPS)
+    need = _cells(ctx.durl[j], tick)
     hold: list[tuple[float, float]] = []
     if ctx.jobs[j].pause == "stop":
         hold = [(segs[i][1], segs[i + 1][0]) for i in range(len(segs) - 1)]
@@ -346,7 +430,8 @@ def fit_slots(ctx: Context, j: int) -> Choice | None:
     The plan without capacity (`free_slots`, when known) bounds each site's: a site whose
     bound is no better than the best so far is not searched (its plan could not replace it),
     and a `clear` plan whose cells (and stopped time) are all still free is the answer as it
-    is. Otherwise the DP runs on the free cells, its tables kept until a cell there fills up."""
+    is. Otherwise the DP runs on the free cells, with tables kept for later jobs at the site
+    (a table serves them while the cells it covers keep their costs)."""
     gpus = ctx.jobs[j].gpus
     best: Choice | None = None
     for name in ctx.jobs[j].sites:
@@ -364,7 +449,8 @@ def fit_slots(ctx: Context, j: int) -> Choice | None:
             continue
         plan = free if free is not None and free.clear and _still_free(p, free) else None
         if plan is None:
-            cache = ctx.slot_tables(si, gpus, usage.version(gpus), id(p.run), id(p.idle))
+            key = (si, pause_ratio(ctx, j, si), ctx.jobs[j].pause == "stop")
+            cache = ctx.slot_tables(key)
             [plan] = plan_slots_many([p], [cache])
             if plan is None:
                 continue

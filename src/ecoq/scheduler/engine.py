@@ -98,7 +98,9 @@ def _score_contiguous(ctx: Context, allowed: Bools) -> tuple[Floats, Floats, Flo
             if len(idx) == 0:
                 continue
             durs, rows = np.unique(ctx.dur[idx], return_inverse=True)
-            cands = Candidates.build(zone.curve, durs, weights_of(profile))
+            # Searches start from a job's earliest start, or up to its latest.
+            until = float(np.maximum(ctx.e[idx], latest[idx]).max()) - origin
+            cands = Candidates.build(zone.curve, durs, weights_of(profile), until_s=until)
             zone.cands[profile] = cands
             for r, d in enumerate(durs):
                 zone.rows[(profile, float(d))] = r
@@ -188,11 +190,16 @@ def build_context(
     zones = _build_zones(jobs, sites, site_index, forecasts, fallbacks, dt(now_s), end, rule)
     usage = [Usage(s, zones[s.zone].curve.n) if s.zone in zones else Usage(s, 0) for s in sites]
     ctx = Context(jobs, sites, zones, usage, e, dl, dur, min_saving, site_index)
+    held: dict[int, list[Reservation]] = {}
     for r in reservations:
-        si = site_index[r.site]
+        held.setdefault(site_index[r.site], []).append(r)
+    for si, taken in held.items():
         if sites[si].zone in zones:
-            c0, c1 = zones[sites[si].zone].cell_range(ts(r.start), ts(r.end))
-            usage[si].add(c0, c1, r.gpus, r.slots)
+            c0, c1 = zones[sites[si].zone].cell_ranges(
+                np.array([ts(r.start) for r in taken]), np.array([ts(r.end) for r in taken])
+            )
+            gpus = np.array([r.gpus for r in taken], dtype=np.int64)
+            usage[si].add_many(c0, c1, gpus, np.array([r.slots for r in taken], dtype=np.int64))
     counts = np.array([len(job.sites) for job in jobs], dtype=np.int64)
     pj = np.repeat(np.arange(len(jobs)), counts)
     ps = np.array([site_index[n] for job in jobs for n in job.sites], dtype=np.int64)

@@ -6,11 +6,14 @@ A site's candidate windows are the job's scored row (`scoring.Candidates`: every
 edge meets a cell boundary, in time order) plus its earliest and latest starts. The cells each
 candidate covers are worked out once per row (`RowCells`). For one row, site, GPU count and first
 candidate (jobs planned from "now" share it), the running minimum of the fitting candidates'
-means (`Prefix`) answers every job's search with a look-up and a binary search. It is computed
-again only once a cell at the site has filled up; until then an outdated one is a lower bound,
-enough to pass over a site that cannot win. The results equal those of scoring every candidate
-afresh (`_generic`, which also serves the cases the fast path leaves out), tie rules included:
-among windows within the relative tie tolerance of the cleanest, the earliest wins.
+means (`Prefix`), as far as the latest start of any job that shares it, answers every job's
+search with a look-up and a binary search. It is computed again only once a cell at the site has
+filled up; until then an outdated one is a lower bound, enough to pass over a site that cannot
+win. The earliest fitting candidate (`_first_fit`) is searched for from the earliest start on,
+a few candidates first, and an outdated answer is where the search picks up again: a candidate
+that did not fit never will. The results equal those of scoring every candidate afresh
+(`_generic`, which also serves the cases the fast path leaves out), tie rules included: among
+windows within the relative tie tolerance of the cleanest, the earliest wins.
 
 Times are epoch seconds (floats), as in `capacity`.
 """
@@ -21,13 +24,14 @@ from math import ceil, floor, isfinite
 import numpy as np
 
 from ecoq.scheduler.capacity import Choice, Context, ZoneGrid, cells_ok, weights_of
-from ecoq.scheduler.scoring import TIE_REL, Candidates, Floats, Ints, window_means
+from ecoq.scheduler.scoring import TIE_REL, Bools, Candidates, Floats, Ints, window_means
 
 __all__ = ["Prefix", "RowCells", "fit_bounds", "fit_contiguous"]
 
 _EPS = 1e-6
 _INF = float("inf")
-_PREFIXES = 4096  # `Prefix`es kept (each about ten bytes per candidate of its row)
+_PREFIXES = 4096  # `Prefix`es kept (each about ten bytes per candidate it covers)
+_FIRST_STEP = 64  # candidates `_first_fit` looks at first
 _Option = tuple[float, float, int, int]  # (mean, start, list order, site) or (start, mean, ...)
 
 
@@ -47,6 +51,11 @@ class RowCells:
 
     @classmethod
     def build(cls, cands: Candidates, tick: float) -> "RowCells":
+        fast = _knot_shifts(cands, tick)
+        if fast is not None:
+            return cls(fast, None, None)
+        # Rows go on past their stored candidates only on grids where they are plain.
+        assert np.array_equal(cands.row_len, cands.row_end)
         width = cands.width
         durations = np.repeat(cands.durations_s, width)
         c0 = np.floor(cands.starts / tick + _EPS).astype(np.int64)
@@ -62,21 +71,50 @@ class RowCells:
         return cls(shift.tolist(), c0, c1)
 
 
+def _knot_shifts(cands: Candidates, tick: float) -> list[int] | None:
+    """`RowCells.shift` without working out every candidate's cells, when every row is the
+    cell boundaries and its windows end on them (`Candidates.shifts`): candidate `i` of a row
+    `m` cells long covers `[K[i], C[i + m])`, with `K` and `C` the cells `build` computes for a
+    boundary as a start and as an end. None when some row is not plain."""
+    if len(cands.shifts) == 0 or int(cands.shifts.min()) < 0:
+        return None
+    n = cands.curve.n
+    knots = np.arange(n + 1, dtype=np.float64) * cands.curve.tick_s
+    k0 = np.floor(knots / tick + _EPS).astype(np.int64)
+    c1 = np.ceil(knots / tick - _EPS).astype(np.int64)
+    index = np.arange(n + 1)
+    bad = np.flatnonzero(k0 != index)
+    plain_starts = int(bad[0]) if len(bad) else n + 1  # rows up to this long start plainly
+    # A row's ends are plain when `C[j] - j` is the same over `j` in `[m, m + size)`.
+    drift = c1 - index
+    change = np.flatnonzero(np.diff(drift)) + 1
+    out: list[int] = []
+    for m, size in zip(cands.shifts.tolist(), cands.row_end.tolist(), strict=True):
+        if size == 0:
+            out.append(-1)
+            continue
+        after = int(np.searchsorted(change, m, side="right"))
+        run_end = int(change[after]) if after < len(change) else n + 1
+        if size > plain_starts or m + size > n + 1 or run_end < m + size:
+            return None
+        out.append(int(c1[m] - k0[0]))
+    return out
+
+
 @dataclass(frozen=True)
 class Prefix:
-    """A row's fitting candidates from one first index on, at one site, for one GPU count.
+    """A row's fitting candidates from one first index on, at one site, for one GPU count, as
+    far as any job that starts its search there looks (`fit_bounds`'s reach).
 
     Attributes:
         version: `Usage.version` when computed; capacity only fills up while planning, so an
             outdated one is still a lower bound.
         neg: the running minimum of the fitting candidates' means × PUE (`inf` before the
             first), negated (so ascending, for searching).
-        first: the first candidate that fits, -1 if none.
     """
 
     version: tuple[int, int]
     neg: Floats
-    first: int
 
     def best(self, i: int) -> float:
         """The cleanest fitting candidate's mean among the first `i + 1`."""
@@ -94,6 +132,19 @@ def _row_cells(zone: ZoneGrid, profile: tuple[float, ...], cands: Candidates) ->
     return got
 
 
+def _fitting(blocked: Ints, cells: RowCells, row: int, width: int, lo: int, hi: int) -> Bools:
+    """Whether each candidate `lo:hi` (flat, within row `row`) fits (see `Usage.fits`)."""
+    k = cells.shift[row]
+    if k >= 0:  # the candidates are the cells themselves: shifted slices
+        a = lo - row * width
+        ok: Bools = blocked[a + k : a + k + hi - lo] == blocked[a : a + hi - lo]
+        return ok
+    assert cells.c0 is not None and cells.c1 is not None
+    c1 = np.minimum(cells.c1[lo:hi], len(blocked) - 1)
+    ok = blocked[c1] == blocked[cells.c0[lo:hi]]
+    return ok
+
+
 def _prefix(ctx: Context, j: int, si: int, row: int, lo: int, version: tuple[int, int]) -> Prefix:
     """The `Prefix` of job `j`'s row at site `si` from flat candidate `lo` (cached)."""
     job, usage = ctx.jobs[j], ctx.usage[si]
@@ -105,25 +156,48 @@ def _prefix(ctx: Context, j: int, si: int, row: int, lo: int, version: tuple[int
     zone = ctx.zones[site.zone]
     cands = zone.cands[job.profile]
     cells = _row_cells(zone, job.profile, cands)
-    hi = row * cands.width + int(cands.row_len[row])
-    blocked = usage.blocked(job.gpus)
-    k = cells.shift[row]
-    if k >= 0:  # the candidates are the cells themselves: shifted slices
-        a = lo - row * cands.width
-        ok = blocked[a + k : a + k + hi - lo] == blocked[a : a + hi - lo]
-    else:
-        assert cells.c0 is not None and cells.c1 is not None
-        c1 = np.minimum(cells.c1[lo:hi], len(blocked) - 1)
-        ok = blocked[c1] == blocked[cells.c0[lo:hi]]
+    hi = _bounds(ctx, site.zone, j)[3]
+    ok = _fitting(usage.blocked(job.gpus), cells, row, cands.width, lo, hi)
     means = np.where(ok, cands.scores[lo:hi], np.inf)
     if site.pue != 1.0:
         means *= site.pue
     neg = np.negative(np.minimum.accumulate(means, out=means), out=means)
-    first = int(ok.argmax()) if len(ok) else 0
     if key not in ctx.prefix and len(ctx.prefix) >= _PREFIXES:
         del ctx.prefix[next(iter(ctx.prefix))]  # bounded memory: forget the oldest
-    got = ctx.prefix[key] = Prefix(version, neg, first if len(ok) and ok[first] else -1)
+    got = ctx.prefix[key] = Prefix(version, neg)
     return got
+
+
+def _first_fit(ctx: Context, j: int, si: int, row: int, lo: int, hi: int) -> int:
+    """How many of the row's candidates `lo:hi` (flat, to the row's end) come before the first
+    that fits at site `si`; -1 if none does (cached).
+
+    Capacity only fills up while planning, so a candidate that did not fit never will: an
+    outdated answer is where the search picks up again. The search looks at a few candidates
+    first, then twice as many each time, so a fit near the earliest start costs little."""
+    job, usage = ctx.jobs[j], ctx.usage[si]
+    key = (si, job.gpus, job.profile, row, lo)
+    version = usage.version(job.gpus)
+    got = ctx.first_fit.get(key)
+    at = 0
+    if got is not None:
+        if got[0] == version or got[1] < 0:
+            return got[1]
+        at = got[1]
+    zone = ctx.zone_of(si)
+    cands = zone.cands[job.profile]
+    cells = _row_cells(zone, job.profile, cands)
+    blocked = usage.blocked(job.gpus)
+    found, step = -1, _FIRST_STEP
+    while lo + at < hi:
+        stop = min(hi, lo + at + step)
+        ok = _fitting(blocked, cells, row, cands.width, lo + at, stop)
+        if ok.any():
+            found = at + int(ok.argmax())
+            break
+        at, step = stop - lo, 2 * step
+    ctx.first_fit[key] = (version, found)
+    return found
 
 
 def _fits(blocked: Ints, tick: float, s: float, d: float) -> bool:
@@ -137,11 +211,18 @@ def _fits(blocked: Ints, tick: float, s: float, d: float) -> bool:
 def fit_bounds(ctx: Context, zone: str, cands: Candidates, idx: Ints, rows: Ints) -> None:
     """Record, for jobs `idx` (their rows `rows` of `cands`), what `_site_best` and
     `_site_first` would search for first: the row's candidates after the earliest start and
-    before the latest (flat `lo:hi`), and whether the fast path applies (see `_site_best`).
+    before the latest (flat `lo:hi`), whether the fast path applies (see `_site_best`), and
+    how far the jobs whose search starts at the same `lo` look (the `Prefix` they share).
     Computed for all jobs at once, with the same arithmetic as one at a time."""
     n = len(ctx.jobs)
-    lo_all, hi_all, plain_all = ctx.fit_bounds.setdefault(
-        zone, (np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.bool_))
+    lo_all, hi_all, plain_all, reach_all = ctx.fit_bounds.setdefault(
+        zone,
+        (
+            np.zeros(n, np.int64),
+            np.zeros(n, np.int64),
+            np.zeros(n, np.bool_),
+            np.zeros(n, np.int64),
+        ),
     )
     origin = ctx.zones[zone].origin_s
     e, latest = ctx.e[idx], ctx.dl[idx] - ctx.dur[idx]
@@ -154,6 +235,10 @@ def fit_bounds(ctx: Context, zone: str, cands: Candidates, idx: Ints, rows: Ints
     last = cands.starts[np.where(inside, hi - 1, 0)]
     plain = ~inside | ((se <= first) & (last < sl) & (sl <= limit - origin))
     lo_all[idx], hi_all[idx], plain_all[idx] = lo, hi, plain
+    firsts, pair = np.unique(lo, return_inverse=True)
+    reach = np.zeros(len(firsts), np.int64)
+    np.maximum.at(reach, pair, hi)
+    reach_all[idx] = np.maximum(reach[pair], lo)
 
 
 def _site_best(ctx: Context, j: int, si: int, order: int, top: float) -> _Option | None:
@@ -172,7 +257,7 @@ def _site_best(ctx: Context, j: int, si: int, order: int, top: float) -> _Option
         return _generic(ctx, j, si, order, want_best=True)
     e, latest, origin = ctx.el[j], ctx.dll[j] - d, zone.origin_s
     se, sl, limit = e - origin, max(e, latest) - origin, latest + _EPS
-    lo, hi, plain = _bounds(ctx, site.zone, j)
+    lo, hi, plain, _ = _bounds(ctx, site.zone, j)
     # The row's candidates lie strictly between the earliest and the latest start (the key
     # search), and so before the deadline; where rounding could say otherwise, take the
     # general path.
@@ -211,13 +296,14 @@ def _site_best(ctx: Context, j: int, si: int, order: int, top: float) -> _Option
     return (low, s + origin, order, si)
 
 
-def _bounds(ctx: Context, zone: str, j: int) -> tuple[int, int, bool]:
-    """Job `j`'s `fit_bounds` in `zone` (as Python values, converted once per zone)."""
+def _bounds(ctx: Context, zone: str, j: int) -> tuple[int, int, bool, int]:
+    """Job `j`'s `fit_bounds` in `zone`: lo, hi, fast path, reach (as Python values, converted
+    once per zone)."""
     got = ctx.fit_lists.get(zone)
     if got is None:
-        lo, hi, plain = ctx.fit_bounds[zone]
-        got = ctx.fit_lists[zone] = (lo.tolist(), hi.tolist(), plain.tolist())
-    return got[0][j], got[1][j], got[2][j]
+        lo, hi, plain, reach = ctx.fit_bounds[zone]
+        got = ctx.fit_lists[zone] = (lo.tolist(), hi.tolist(), plain.tolist(), reach.tolist())
+    return got[0][j], got[1][j], got[2][j], got[3][j]
 
 
 def _site_first(ctx: Context, j: int, si: int, order: int) -> _Option | None:
@@ -236,15 +322,17 @@ def _site_first(ctx: Context, j: int, si: int, order: int) -> _Option | None:
     ends = [e - origin, max(e, latest) - origin, max(e, origin + beyond) - origin]
     means = [x * site.pue for x in (*known[j].tolist(), _INF)]
     lo = _bounds(ctx, site.zone, j)[0]
-    hi = row * cands.width + int(cands.row_len[row])
-    starts = cands.starts[lo:hi] if hi > lo else np.zeros(0)
+    # Flat positions past the stored candidates stand for the row's unstored ones.
+    hi = row * cands.width + int(cands.row_end[row])
+    starts = cands.row_starts(row, lo - row * cands.width) if hi > lo else np.zeros(0)
     # (position among the row's candidates, start, tie order) sorts as a stable time sort.
     picks: list[tuple[int, float, int]] = []
     if hi > lo:
-        first = _prefix(ctx, j, si, row, lo, usage.version(job.gpus)).first
+        first = _first_fit(ctx, j, si, row, lo, hi)
         if first >= 0:
             picks.append((first, float(starts[first]), 3))
-            means.append(float(cands.scores[lo + first]) * site.pue)
+            stored = lo + first < row * cands.width + int(cands.row_len[row])
+            means.append(float(cands.scores[lo + first]) * site.pue if stored else _INF)
     blocked = usage.blocked(job.gpus)
     for x, s in enumerate(ends):
         if _fits(blocked, tick, s, d):
@@ -288,10 +376,11 @@ def _generic(ctx: Context, j: int, si: int, order: int, want_best: bool) -> _Opt
         lo = int(np.searchsorted(cands.keys, base + e, side="right"))
         if want_best:
             hi = int(np.searchsorted(cands.keys, base + latest, side="left"))
-        else:
-            hi = r * cands.width + int(cands.row_len[r])
-        s = np.concatenate((s, cands.starts[lo:hi]))
-        m = np.concatenate((m, cands.scores[lo:hi]))
+            s = np.concatenate((s, cands.starts[lo:hi]))
+            m = np.concatenate((m, cands.scores[lo:hi]))
+        else:  # to the row's end, stored or not
+            s = np.concatenate((s, cands.row_starts(r, lo - r * cands.width)))
+            m = np.concatenate((m, cands.row_scores(r, lo - r * cands.width)))
         by_time = np.argsort(s, kind="stable")
         s, m = s[by_time], m[by_time]
     m = m * ctx.sites[si].pue

@@ -17,11 +17,15 @@ mean intensity is `cost / need`.
   only stretches with room for the work are solved.
 - `plan_slots_many`: the same for many problems, sharing one DP table among the problems that
   start at the same cell of the same costs (the daemon plans every job from "now"), and keeping
-  tables between calls for the caller (`capacity.fit_slots`, until capacity changes).
+  tables between calls for the caller (`capacity.fit_slots`): a kept table serves a later
+  problem whose window starts at the same cell, as far as the costs are still the same there
+  (capacity filling up elsewhere changes nothing in it).
 """
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import count
 from math import ceil
 from typing import Literal
 
@@ -46,7 +50,7 @@ StartState = Literal["new", "running", "paused"]
 _STATE_BUDGET = 30_000_000  # cells × DP states kept for the backtrack
 _BATCH_STATES = 3_000_000  # cells × DP states of windows solved together
 _BATCH_ROWS = 256  # and at most this many windows
-_CACHED_TABLES = 8  # tables `plan_slots_many` keeps in one cache
+_CACHED_TABLES = 32  # tables `plan_slots_many` keeps in one cache
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,40 @@ def plan_slots(
     return plan_slots_many([problem])[0]
 
 
-SlotCache = dict[tuple[int, int, int, int, bool, str], tuple[Tables, int]]
+class SlotCache:
+    """DP table rows kept between `plan_slots_many` calls, by the window's first cell, minimum
+    segment, unlimited pauses and start state: each serves later windows that start there
+    over the same costs (see `_cached`). Caches made with one `clock` share it, so the table
+    used least recently among them can be found (`last_used`) and forgotten (`forget`)."""
+
+    def __init__(self, clock: Iterator[int] | None = None) -> None:
+        self.rows: dict[tuple[int, int, bool, StartState], list[tuple[Tables, int]]] = {}
+        self.used: dict[int, tuple[int, Tables]] = {}  # id(tables) → (clock, tables)
+        self._clock = clock if clock is not None else count()
+        self._states = 0
+
+    def touch(self, tables: Tables) -> None:
+        """Mark `tables` as just used."""
+        if id(tables) not in self.used:
+            self._states += tables.r.size
+        self.used[id(tables)] = (next(self._clock), tables)
+
+    def states(self) -> int:
+        """DP states held (each about 11 bytes)."""
+        return self._states
+
+    def last_used(self) -> tuple[int, Tables] | None:
+        """The table used least recently, and when."""
+        return min(self.used.values(), key=lambda u: u[0], default=None)
+
+    def forget(self, tables: Tables) -> None:
+        """Drop `tables` and every row it holds."""
+        del self.used[id(tables)]
+        self._states -= tables.r.size
+        for key in list(self.rows):
+            self.rows[key] = [entry for entry in self.rows[key] if entry[0] is not tables]
+            if not self.rows[key]:
+                del self.rows[key]
 
 
 def plan_slots_many(
@@ -171,9 +208,10 @@ def plan_slots_many(
     """`plan_slots` for each problem (same answers), sharing the DP's work between them.
 
     With `caches` (one per problem, or None), a problem's DP tables are kept in its cache and
-    reused by later calls with the same `run` and `idle` arrays (the caller drops a cache
-    when those arrays change); tables are then built a little larger than asked, to serve
-    longer jobs and later deadlines too."""
+    reused by later calls whose windows start at the same cell with the same costs up to
+    where they stop (the costs elsewhere may have changed: a table's values up to a cell
+    depend only on the costs up to it); tables are then built a little larger than asked, to
+    serve longer jobs and later deadlines too."""
     out: list[SlotPlan | None] = [None] * len(problems)
     groups: dict[tuple[int, bool, StartState], list[tuple[int, list[Row], int, int, int]]] = {}
     for x, p in enumerate(problems):
@@ -218,8 +256,8 @@ def _share(
     index: dict[tuple[int, int, int], int] = {}
     rows: list[Row] = []
     dims: list[tuple[int, int]] = []  # most work and lanes asked of each row
-    readers: list[tuple[int, list[int], int, int, int]] = []
-    for x, windows, stop, need, lanes in items:
+    readers: list[tuple[int, list[int], list[int], int, int]] = []
+    for x, windows, _, need, lanes in items:
         mine = []
         for w in windows:
             key = (id(w.run), id(w.idle), w.start)
@@ -232,19 +270,19 @@ def _share(
                 rows[r] = w
             dims[r] = (max(dims[r][0], need), max(dims[r][1], lanes))
             mine.append(r)
-        readers.append((x, mine, stop, need, lanes))
+        readers.append((x, mine, [w.stop for w in windows], need, lanes))
     readers.sort(key=lambda reader: reader[1][0])  # readers of a row next to each other
     order = list(dict.fromkeys(r for reader in readers for r in reader[1]))
     left = Counter(r for reader in readers for r in reader[1])
     built: dict[int, tuple[Tables, int]] = {}
     done = 0  # rows of `order` filled so far
-    for x, mine, stop, need, lanes in readers:
+    for x, mine, stops, need, lanes in readers:
         while any(r not in built for r in mine):
             batch = _batch(rows, dims, order, done, m)
             tables = Tables([rows[r] for r in batch[0]], *batch[1], m, unlimited, start)
             built.update((r, (tables, i)) for i, r in enumerate(batch[0]))
             done += len(batch[0])
-        out[x] = _read([built[r] for r in mine], stop, need, lanes)
+        out[x] = _read([(*built[r], at) for r, at in zip(mine, stops, strict=True)], need, lanes)
         for r in mine:
             left[r] -= 1
             if not left[r]:
@@ -280,35 +318,61 @@ def _cached(
 ) -> SlotPlan | None:
     """One problem's plan from tables in `cache`: those it lacks built together; one rebuilt
     larger (its stretch to the end, up to twice the work) when this problem outgrows it."""
-    keys = [(id(w.run), id(w.idle), w.start, m, unlimited, p.start) for w in windows]
+    keys = [(w.start, m, unlimited, p.start) for w in windows]
     rows: list[Row | None] = []
+    parts: list[tuple[Tables, int, int] | None] = []
     grow = (need, lanes)
     for key, w in zip(keys, windows, strict=True):
-        got = cache.get(key)
-        if got is None:
-            rows.append(w)
-            continue
-        tables, i = got
-        row = tables.rows[i]
-        same = row.run is w.run and row.idle is w.idle and row.stop >= w.stop
-        if same and tables.need >= need and tables.lanes >= lanes:
+        got, outgrown = _match(cache.rows.get(key, []), w, need, lanes)
+        parts.append(None if got is None else (*got, w.stop))
+        if got is not None:
+            cache.touch(got[0])
             rows.append(None)  # usable as it is
-            continue
-        longer = _windows(p.run, p.idle, max(p.first, 0), stop, need, p.start, extend=True)
-        rows.append(next(x for x in longer if x.start == w.start))
-        more = min(2 * tables.need, rows[-1].stop - rows[-1].start)  # type: ignore[union-attr]
-        grow = (max(grow[0], more), max(grow[1], tables.lanes))
+        elif outgrown is None:
+            rows.append(w)
+        else:
+            longer = _windows(p.run, p.idle, max(p.first, 0), stop, need, p.start, extend=True)
+            rows.append(next(x for x in longer if x.start == w.start))
+            more = min(2 * outgrown.need, rows[-1].stop - rows[-1].start)  # type: ignore[union-attr]
+            grow = (max(grow[0], more), max(grow[1], outgrown.lanes))
     new = [w for w in rows if w is not None]
-    parts = [cache[key] if w is None else None for key, w in zip(keys, rows, strict=True)]
     if new:
         built = Tables(new, *grow, m, unlimited, p.start)
+        cache.touch(built)
         at = iter(range(len(new)))
-        for x, (key, row_new) in enumerate(zip(keys, rows, strict=True)):
+        for x, (key, w, row_new) in enumerate(zip(keys, windows, rows, strict=True)):
             if row_new is not None:
-                parts[x] = cache[key] = (built, next(at))
-        while len(cache) > _CACHED_TABLES:  # bounded memory: forget the oldest
-            del cache[next(iter(cache))]
-    return _read([part for part in parts if part is not None], stop, need, lanes)
+                entry = (built, next(at))
+                parts[x] = (*entry, w.stop)
+                cache.rows.setdefault(key, []).append(entry)
+        while len(cache.used) > _CACHED_TABLES:  # bounded memory: forget the oldest
+            oldest = cache.last_used()
+            assert oldest is not None
+            cache.forget(oldest[1])
+    return _read([part for part in parts if part is not None], need, lanes)
+
+
+def _match(
+    entries: list[tuple[Tables, int]], w: Row, need: int, lanes: int
+) -> tuple[tuple[Tables, int] | None, Tables | None]:
+    """A cached row (newest first) with `w`'s costs from its start to where both stop: one
+    that serves `w` as it is (as long, as much work, as many pauses), else the tables of one
+    that `w` outgrows (None, None: no row has these costs)."""
+    outgrown = None
+    for tables, i in reversed(entries):
+        row = tables.rows[i]
+        span = min(row.stop, w.stop) - w.start
+        costs = w.run[w.start : w.start + span], w.idle[w.start : w.start + span]
+        if not (
+            np.array_equal(tables.run[i, :span], costs[0])
+            and np.array_equal(tables.idle[i, :span], costs[1])
+        ):
+            continue
+        if row.stop >= w.stop and tables.need >= need and tables.lanes >= lanes:
+            return (tables, i), None
+        if outgrown is None:
+            outgrown = tables
+    return None, outgrown
 
 
 def _windows(
@@ -353,18 +417,19 @@ def _windows(
     return rows
 
 
-def _read(parts: list[tuple[Tables, int]], stop: int, need: int, lanes: int) -> SlotPlan | None:
-    """One problem's plan from its rows of tables, in time order (cells before `stop`)."""
+def _read(parts: list[tuple[Tables, int, int]], need: int, lanes: int) -> SlotPlan | None:
+    """One problem's plan from its rows of tables (table, row, the cell its window stops at),
+    in time order."""
     if not parts:
         return None
-    done = [t.done(r, need, lanes, min(stop, t.rows[r].stop)) for t, r in parts]
+    done = [t.done(r, need, lanes, stop) for t, r, stop in parts]
     values = np.concatenate([v for v, _ in done])
     at = first_best(values)
     if at < 0:
         return None
     cost = float(values[at])
     clear = np.count_nonzero(values <= cost + 2 * TIE_REL * max(abs(cost), 1.0)) == 1
-    for (tables, r), (v, lane) in zip(parts, done, strict=True):
+    for (tables, r, _), (v, lane) in zip(parts, done, strict=True):
         if at < len(v):
             return SlotPlan(tables.walk(r, at, need, int(lane[at])), cost, bool(clear))
         at -= len(v)
@@ -386,7 +451,7 @@ def _coarse(
         pauses is None,
         p.start,
     )
-    plan = _read([(tables, 0)], len(run), coarse_need, 1 if pauses is None else pauses + 1)
+    plan = _read([(tables, 0, len(run))], coarse_need, 1 if pauses is None else pauses + 1)
     if plan is None:
         return None
     segs = tuple((first + a * factor, first + b * factor) for a, b in plan.segments)

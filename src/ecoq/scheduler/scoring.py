@@ -11,9 +11,13 @@ Jobs are grouped by length (and power profile): each group is one row of candida
 (every start where a window edge, or a profile piece's edge, meets a cell boundary), scored in one
 vectorised pass. Under the interval rule the (profile-weighted) mean is linear in the start between
 those candidates, so the best candidate in a job's `[earliest, latest]` (plus the two ends) is the
-exact optimum. Per-job range minima use a sparse table, so no jobs × sites × steps array is built.
-Rows whose windows start and end on cell boundaries (flat profile, whole-cell lengths: the usual
-case) are scored from the boundaries' integrals, the same values `window_means` computes.
+exact optimum. Per-job range minima use running minima or a sparse table (`rangemin`), so no
+jobs × sites × steps array is built. Rows whose windows start and end on cell boundaries (flat
+profile, whole-cell lengths: the usual case) are scored from the boundaries' integrals, the same
+values `window_means` computes, and only where the forecast could cover a window. On a grid of
+whole seconds, such rows are stored only as far as the jobs search them (and the forecast
+reaches): the grid can reach far past both, for capacity taken far ahead, and the rest of each
+row is the cell boundaries, scored `inf`, which the capacity search walks without a table.
 
 Times inside this module are float seconds from the curve's origin. Intensities are gCO2eq/kWh.
 Only `ecoq.scheduler` imports this module: it imports numpy at once.
@@ -26,10 +30,10 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ecoq.errors import ValidationError
 from ecoq.forecasting import Forecast
+from ecoq.scheduler.rangemin import RangeMin, RunningMin
 
 __all__ = ["Candidates", "Curve", "RangeMin", "build_curve", "empty_curve", "window_means"]
 
@@ -243,75 +247,51 @@ def window_means(
 
 
 def _knot_means(
-    curve: Curve, knots: Floats, durations_s: Floats, lens: Ints, width: int
-) -> Floats | None:
+    curve: Curve, knots: Floats, durations_s: Floats, lens: list[int], out: Floats
+) -> Ints | None:
     """`window_means` (flat profile) of `Candidates.build`'s rows when every window starts and
     ends on a cell boundary: the same values from the boundaries' integrals, looked up instead
-    of interpolated per window. None when some window does not end exactly on a boundary.
-    (Padding, past each row's candidates, gets values too; the caller overwrites them.)"""
-    cells = durations_s / curve.tick_s
+    of interpolated per window, written into `out` (rows × width, `inf` already). Returns each
+    row's length in cells, or None when some window does not end exactly on a boundary.
+
+    Only windows within the covered cells are worked out: any other one holds an uncovered cell
+    (a whole tick, at least a second, short of its length), so it is `inf` either way."""
+    tick, n = curve.tick_s, curve.n
+    cells = durations_s / tick
     if not np.all(cells == np.floor(cells)):
         return None
-    shift = np.minimum(cells.astype(np.int64), curve.n + 1)
-    used = np.arange(width)[None, :] < lens[:, None]
-
-    def at_ends(values: Floats) -> Floats:
-        """`values[start knot + shift]` for each row and candidate (clipped past the end)."""
-        padded = np.concatenate((values, np.full(width + 1, values[-1])))
-        out: Floats = sliding_window_view(padded, width)[shift]
-        return out
-
-    ends = knots[:width][None, :] + durations_s[:, None]
-    if np.any((ends != at_ends(knots)) & used):
-        return None
+    shift = np.minimum(cells.astype(np.int64), n + 1)
+    padded = np.concatenate((knots, np.full(max(lens, default=0) + 1, knots[-1])))
+    if not _exact_knots(tick, n, durations_s):
+        for d, m, size in zip(durations_s.tolist(), shift.tolist(), lens, strict=True):
+            if np.any(knots[:size] + d != padded[m : m + size]):
+                return None
+    covered = np.flatnonzero(curve.covered)
+    if len(covered) == 0:
+        return shift
+    first, last = int(covered[0]), int(covered[-1])
     area, cover = curve.integral(knots)
-    # As `window_means` computes them, term by term (k = 1, weight 1).
-    total = np.zeros((len(durations_s), width))
-    total += 1.0 * (at_ends(area) - area[None, :width])
-    seen = (at_ends(cover) - cover[None, :width]) >= durations_s[:, None] - _COVER_TOL_S
-    with np.errstate(divide="ignore", invalid="ignore"):
-        means: Floats = np.where(seen, total * 1 / durations_s[:, None], np.inf).ravel()
-    return means
+    area = np.concatenate((area, np.full(len(padded) - len(area), area[-1])))
+    cover = np.concatenate((cover, np.full(len(padded) - len(cover), cover[-1])))
+    for r, (d, m, size) in enumerate(zip(durations_s.tolist(), shift.tolist(), lens, strict=True)):
+        a, b = first, min(size, last + 2 - m)
+        if b <= a:
+            continue
+        # As `window_means` computes them, term by term (k = 1, weight 1).
+        total = 0.0 + 1.0 * (area[a + m : b + m] - area[a:b])
+        seen = (cover[a + m : b + m] - cover[a:b]) >= d - _COVER_TOL_S
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[r, a:b] = np.where(seen, total * 1 / d, np.inf)
+    return shift
 
 
-class RangeMin:
-    """Sparse table over a 1-D array: range minima and first-index-below queries, vectorised."""
-
-    def __init__(self, values: Floats, max_range: int | None = None) -> None:
-        """Build over `values`; queries never span more than `max_range` values (default all)."""
-        n = max(1, values.shape[0])
-        top = max(1, min(n, max_range or n)).bit_length()
-        table = np.empty((top, n + 1))
-        table[:, n + 1 - (1 << (top - 1)) :] = np.inf
-        table[0, : values.shape[0]] = values
-        table[0, values.shape[0] :] = np.inf
-        for k in range(1, top):
-            half = 1 << (k - 1)
-            np.minimum(
-                table[k - 1, : n + 1 - half], table[k - 1, half:], out=table[k, : n + 1 - half]
-            )
-        self.values = table[0]
-        self.table = table
-        self.size = n
-
-    def min(self, lo: Ints, hi: Ints) -> Floats:
-        """Minimum of `values[lo..hi]` (inclusive); `inf` where `lo > hi`."""
-        length = np.maximum(hi - lo + 1, 1)
-        k = np.floor(np.log2(length)).astype(np.int64)
-        safe_lo = np.clip(lo, 0, self.size)
-        a = self.table[k, safe_lo]
-        b = self.table[k, np.clip(hi - (1 << k) + 1, 0, self.size)]
-        return np.where(lo <= hi, np.minimum(a, b), np.inf)
-
-    def first_at_most(self, lo: Ints, hi: Ints, threshold: Floats) -> Ints:
-        """First index in `[lo, hi]` whose value is ≤ `threshold`; -1 where there is none."""
-        pos = lo.copy()
-        for k in range(self.table.shape[0] - 1, -1, -1):
-            span = 1 << k
-            skip = (pos + span - 1 <= hi) & (self.table[k, np.clip(pos, 0, self.size)] > threshold)
-            pos = np.where(skip, pos + span, pos)
-        ok = (pos <= hi) & (self.values[np.clip(pos, 0, self.size)] <= threshold)
-        return np.where(ok, pos, -1)
+def _exact_knots(tick: float, n: int, durations_s: Floats) -> bool:
+    """Whether every knot and window end is a whole number of seconds below 2**53, so that
+    `knots[i] + d == knots[i + d / tick]` holds exactly (no need to check it element-wise)."""
+    if not tick.is_integer() or len(durations_s) == 0:
+        return False
+    whole = np.all(durations_s == np.floor(durations_s)) and np.all(durations_s % tick == 0)
+    return bool(whole) and (n + 1) * tick + float(durations_s.max()) < 2.0**53
 
 
 @dataclass
@@ -320,7 +300,12 @@ class Candidates:
 
     Row `r` holds the starts for `durations_s[r]`; its values are stored at
     `keys = start + r * stride` so that one `searchsorted` serves every row. `scores` holds each
-    candidate's mean intensity (`inf` when not fully covered, and for padding).
+    candidate's mean intensity (`inf` when not fully covered, and for padding). A row stores
+    `row_len[r]` candidates; when `row_end[r]` is larger, the row goes on with the cell
+    boundaries `knots[row_len[r]:row_end[r]]`, all scored `inf`, not stored (see `build`).
+    `shifts`: per row, the window's length in cells when its starts are the cell boundaries
+    `0, 1, 2, ...` and every window ends exactly on one (else -1). `valid_before[r, c]`: how
+    many of row `r`'s first `c` scores are finite (columns past the last finite score left out).
     """
 
     curve: Curve
@@ -334,39 +319,86 @@ class Candidates:
     rmq: RangeMin | None  # built on first use (`best`'s "table" method)
     width: int
     row_len: Ints
+    shifts: Ints
+    row_end: Ints
+    knots: Floats
     released: bool = False
 
     @classmethod
-    def build(cls, curve: Curve, durations_s: Floats, weights: Floats) -> "Candidates":
-        """Score every candidate start of each length in `durations_s` (seconds, distinct)."""
+    def build(
+        cls, curve: Curve, durations_s: Floats, weights: Floats, until_s: float | None = None
+    ) -> "Candidates":
+        """Score every candidate start of each length in `durations_s` (seconds, distinct).
+
+        `until_s`: the latest start (seconds) any caller will search from or up to; None: any.
+        Rows of whole cells on a grid of whole seconds then store their candidates only up to
+        a little past it, or as far as the forecast could cover a window: the rest of such a
+        row is the cell boundaries, scored `inf` (a grid can reach far past the forecast, for
+        reservations far ahead)."""
         knots = np.arange(curve.n + 1, dtype=np.float64) * curve.tick_s
         k = len(weights)
         rows: list[Floats] = []
         for d in durations_s:
+            top = curve.span_s - d + _COVER_TOL_S
             if k == 1 and (d / curve.tick_s).is_integer():  # window ends fall on boundaries too
-                cand = knots
+                # The knots are sorted and not negative: the row is those up to `top`.
+                rows.append(knots[: int(np.searchsorted(knots, top, side="right"))])
             else:
                 cand = np.unique(np.concatenate([knots - d * (j / k) for j in range(k + 1)]))
-            rows.append(cand[(cand >= 0.0) & (cand <= curve.span_s - d + _COVER_TOL_S)])
-        width = max(1, max(len(r) for r in rows))
+                rows.append(cand[(cand >= 0.0) & (cand <= top)])
+        ends = [len(r) for r in rows]
+        if until_s is not None and k == 1 and _exact_knots(curve.tick_s, curve.n, durations_s):
+            # Two more than asked: searches for a start up to `until_s` end within the row.
+            keep = int(np.searchsorted(knots, until_s, side="right")) + 2
+            covered = np.flatnonzero(curve.covered)
+            last = int(covered[-1]) if len(covered) else -1
+            cells = (durations_s / curve.tick_s).astype(np.int64).tolist()
+            rows = [r[: max(keep, last + 2 - m)] for r, m in zip(rows, cells, strict=True)]
+        lens = [len(r) for r in rows]
+        width = max(1, max(lens))
         stride = curve.span_s + float(durations_s.max()) + 2 * curve.tick_s + 1.0
-        starts = np.full((len(rows), width), np.nan)
-        for i, r in enumerate(rows):
-            starts[i, : len(r)] = r
-        pad = np.isnan(starts)
-        base = (np.arange(len(rows), dtype=np.float64) * stride)[:, None]
-        keys = np.where(pad, base + stride - 0.5, starts + base).ravel()
-        dur = np.broadcast_to(durations_s[:, None], starts.shape)
-        flat_starts = np.where(pad, 0.0, starts).ravel()
-        lens = np.array([len(r) for r in rows], dtype=np.int64)
-        scores = _knot_means(curve, knots, durations_s, lens, width) if k == 1 else None
-        if scores is None:
-            scores = window_means(curve, flat_starts, dur.ravel(), weights)
-        scores[pad.ravel()] = np.inf
-        valid = np.concatenate(([0], np.cumsum(np.isfinite(scores))))
+        # Row by row, without temporaries of the whole table.
+        starts = np.zeros((len(rows), width))  # padding: 0.0
+        keys = np.empty((len(rows), width))
+        bases = np.arange(len(rows), dtype=np.float64) * stride
+        for i, (row, base) in enumerate(zip(rows, bases, strict=True)):
+            starts[i, : len(row)] = row
+            np.add(row, base, out=keys[i, : len(row)])
+            keys[i, len(row) :] = base + stride - 0.5
+        scores = np.full((len(rows), width), np.inf)
+        shifts = None
+        if k == 1:
+            shifts = _knot_means(curve, knots, durations_s, lens, scores)
+        if shifts is None:
+            shifts = np.full(len(rows), -1, dtype=np.int64)
+            for i, (row, d) in enumerate(zip(rows, durations_s, strict=True)):
+                scores[i, : len(row)] = window_means(curve, row, np.full(len(row), d), weights)
+        finite = np.isfinite(scores)
+        used = np.flatnonzero(finite.any(axis=0))
+        cols = int(used[-1]) + 1 if len(used) else 0
+        valid = np.zeros((len(rows), cols + 1), dtype=np.int64)
+        np.cumsum(finite[:, :cols], axis=1, out=valid[:, 1:])
         return cls(
-            curve, durations_s, weights, stride, flat_starts, keys, scores, valid, None, width, lens
-        )
+            curve, durations_s, weights, stride, starts.ravel(), keys.ravel(), scores.ravel(),
+            valid, None, width, np.array(lens, dtype=np.int64), shifts,
+            np.array(ends, dtype=np.int64), knots,
+        )  # fmt: skip
+
+    def row_starts(self, row: int, col: int) -> Floats:
+        """Row `row`'s candidate starts from column `col` to its end (`row_end`)."""
+        end = int(self.row_end[row])
+        if end > self.row_len[row]:
+            return self.knots[col:end]
+        at = row * self.width
+        return self.starts[at + col : at + end]
+
+    def row_scores(self, row: int, col: int) -> Floats:
+        """Row `row`'s scores from column `col` to its end (`row_end`)."""
+        at, stored, end = row * self.width, int(self.row_len[row]), int(self.row_end[row])
+        scores = self.scores[at + min(col, stored) : at + stored]
+        if end > stored:
+            scores = np.concatenate((scores, np.full(end - max(col, stored), np.inf)))
+        return scores
 
     def best(
         self,
@@ -401,7 +433,7 @@ class Candidates:
         firsts, pair = np.unique(lo, return_inverse=True)
         prefix = None
         if method == "prefix" or (method == "auto" and len(firsts) <= 2 * len(self.durations_s)):
-            prefix = _Prefix(self.scores, self.width, firsts, pair, hi - lo)
+            prefix = RunningMin(self.scores, firsts, pair, hi - lo)
             inner = prefix.min()
         else:
             if self.rmq is None:
@@ -420,7 +452,12 @@ class Candidates:
             np.where(first >= 0, self.starts[np.maximum(first, 0)], latest),
         )
         start = np.where(np.isfinite(best), start, earliest)
-        inner_count = np.where(hi >= lo, self.valid_before[hi + 1] - self.valid_before[lo], 0)
+        cols = self.valid_before.shape[1] - 1
+        row_at = rows * self.width
+        after = self.valid_before[rows, np.clip(hi + 1 - row_at, 0, cols)]
+        inner_count = np.where(
+            hi >= lo, after - self.valid_before[rows, np.clip(lo - row_at, 0, cols)], 0
+        )
         count = inner_count + np.isfinite(now_mean) + (np.isfinite(last_mean) & (latest > earliest))
         return start, best, now_ref, count.astype(np.int64), now_mean, last_mean
 
@@ -428,34 +465,3 @@ class Candidates:
         """Free the range-minimum index (most of the memory); `best` no longer works."""
         self.rmq = None
         self.released = True
-
-
-class _Prefix:
-    """Range minima over `values[lo .. lo + span]` for queries that share few `lo`s: the
-    running minimum from each distinct `lo` (`firsts`; `pair` maps each query to its own)."""
-
-    def __init__(self, values: Floats, width: int, firsts: Ints, pair: Ints, span: Ints) -> None:
-        padded = np.concatenate((values, np.full(width, np.inf)))
-        # Past its row a run reads the next row's values, but no query reaches that far.
-        self.mins = np.minimum.accumulate(padded[firsts[:, None] + np.arange(width)], axis=1)
-        self.pair, self.span, self.width = pair, span, width
-
-    def min(self) -> Floats:
-        """Each query's minimum (`inf` where its range is empty)."""
-        at = np.clip(self.span, 0, self.width - 1)
-        out: Floats = np.where(self.span >= 0, self.mins[self.pair, at], np.inf)
-        return out
-
-    def first_at_most(self, threshold: Floats, lo: Ints) -> Ints:
-        """Each query's first index whose value is ≤ `threshold`; -1 where there is none."""
-        a = np.zeros_like(self.span)
-        b = np.maximum(self.span, -1) + 1  # search [a, b); the running minima only fall
-        while np.any(live := a < b):
-            mid = (a + b) // 2
-            ok = self.mins[self.pair, np.minimum(mid, self.width - 1)] <= threshold
-            b = np.where(live & ok, mid, b)
-            a = np.where(live & ~ok, mid + 1, a)
-        at = np.minimum(a, self.width - 1)
-        found = (a <= self.span) & (self.mins[self.pair, at] <= threshold)
-        out: Ints = np.where(found, lo + a, -1)
-        return out

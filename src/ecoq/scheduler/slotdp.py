@@ -72,6 +72,9 @@ class Tables:
         unlimited: pauses are not counted (one lane).
         start: `new`, `running` or `paused` (see `interruptible.plan_slots`).
         by_cell: always step cell by cell (the general way; for tests).
+        keep_stopped: keep the stopped states `q` (for tests; the walk back needs only
+            whether each segment began afresh, `fresh`, so they are dropped after the forward
+            pass, saving almost half the memory of tables kept for reuse).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class Tables:
         start: StartState,
         *,
         by_cell: bool = False,
+        keep_stopped: bool = False,
     ) -> None:
         g = len(rows)
         w = max(r.stop - r.start for r in rows)
@@ -104,40 +108,54 @@ class Tables:
         self.by_work = m == 1 and free and not by_cell
         if self.by_work:
             self._rk = np.empty((k1, lanes, g, w + 1))  # work, lane, row, 1 + cell
-            self._qk = np.empty((k1, lanes, g, w + 1))
+            # The pass needs the stopped states of two levels of work at a time.
+            self._qk = np.empty((k1 if keep_stopped else 2, lanes, g, w + 1))
             self._ck = np.empty((need, lanes, g, w), dtype=np.bool_)
             self._hk = np.empty((k1, lanes, g, w), dtype=np.bool_)
+            self._fk = np.empty((need, lanes, g, w), dtype=np.bool_)
             self._r = self._rk.transpose(3, 2, 0, 1)[:, :, None]
-            self._q = self._qk.transpose(3, 2, 0, 1)
             self.carried = self._ck.transpose(3, 2, 0, 1)
             self.held = self._hk.transpose(3, 2, 0, 1)
+            self.fresh = self._fk.transpose(3, 2, 0, 1)
         else:
             self._rc = np.empty((w + 1, g, m, lanes, k1))  # 1 + cell, row, length, lane, work
             self._qc = np.empty((w + 1, g, lanes, k1))
             self._cc = np.empty((w, g, lanes, need), dtype=np.bool_)
             self._hc = np.empty((w, g, lanes, k1), dtype=np.bool_)
             self._r = self._rc.transpose(0, 1, 2, 4, 3)
-            self._q = self._qc.transpose(0, 1, 3, 2)
             self.carried = self._cc.transpose(0, 1, 3, 2)
             self.held = self._hc.transpose(0, 1, 3, 2)
         # States after each cell (index order: 1 + cell, row, segment length index, work done,
         # lane); cell index 0 holds the state before the window's first cell. `carried[i, ...,
         # k - 1, j]`: the running state (length index m - 1) was reached by carrying its
-        # segment on; `held[i, ..., k, j]`: the stopped state by carrying its pause on.
+        # segment on; `held[i, ..., k, j]`: the stopped state by carrying its pause on;
+        # `fresh[i, ..., k - 1, j]`: the running state after `k` cells of work does not come
+        # from the stopped one before it (`q + run`, compared as the walk back compares them).
         self._r[:, :, :, 0, :] = _INF  # no state has run zero cells...
         self._r[0] = _INF
         if start == "running":
             self._r[0, :, m - 1, 0, 0] = 0.0  # ...but a segment running on from before
-        self._q[0] = _INF
-        if start == "paused":
-            self._q[0, :, 0, 0] = 0.0
-        self.r, self.q = self._r[1:], self._q[1:]
+        self.r = self._r[1:]
         self.held[..., 0] = True  # lane 0 is never paused into (with counted pauses)
         self._ends: Floats | None = None
         if self.by_work:
             self._forward_by_work()
+            stopped = self._qk.transpose(3, 2, 0, 1)
         else:
+            stopped = self._qc.transpose(0, 1, 3, 2)
+            stopped[0] = _INF
+            if start == "paused":
+                stopped[0, :, 0, 0] = 0.0
             self._forward()
+            began = self._qc[:-1, :, :, :-1] + self.run.T[:, :, None, None]
+            self._fc = began != self._rc[1:, :, 0, :, 1:]
+            self.fresh = self._fc.transpose(0, 1, 3, 2)
+        if keep_stopped:
+            self.q = stopped[1:]
+        elif self.by_work:  # tables kept for reuse hold only what reading and walking need
+            del self._qk
+        else:
+            del self._qc
 
     def _forward(self) -> None:
         """One step per cell, all states at once."""
@@ -175,24 +193,34 @@ class Tables:
         adds nothing and is a running minimum over cells. The same values as `_forward`."""
         new, unlimited = self.start == "new", self.unlimited
         c = self.run[None]  # (1, rows, cells)
-        r, q = self._rk, self._qk  # (work, lane, row, 1 + cell)
+        r, q = self._rk, self._qk  # (work, lane, row, 1 + cell); `q`: all or two levels
+        rolling = q.shape[0] < r.shape[0]
+        head, carry = np.empty(r.shape[1:3] + c.shape[2:]), np.empty(r.shape[1:3] + c.shape[2:])
         for k in range(r.shape[0]):
+            qk = q[k % 2] if rolling else q[k]
+            qk[:, :, 0] = _INF
+            if k == 0 and self.start == "paused":
+                qk[0, :, 0] = 0.0
             if k:
-                head = q[k - 1, :, :, :-1] + c
+                np.add((q[(k - 1) % 2] if rolling else q[k - 1])[:, :, :-1], c, out=head)
                 if new and k == 1:
+                    stopped_first = head[0].copy()
                     head[0] = self.run
-                carry = r[k - 1, :, :, :-1] + c
+                np.add(r[k - 1, :, :, :-1], c, out=carry)
                 np.less_equal(carry, head, out=self._ck[k - 1])
                 np.minimum(head, carry, out=r[k, :, :, 1:])
+                if new and k == 1:
+                    head[0] = stopped_first
+                np.not_equal(head, r[k, :, :, 1:], out=self._fk[k - 1])
             # A pause begins after a running cell (one lane up) or carries on.
             up = slice(None) if unlimited else slice(1, None)
             before = r[k, :, :, :-1] if unlimited else r[k, :-1, :, :-1]
-            into = q[k, up, :, 1:]
+            into = qk[up, :, 1:]
             np.minimum.accumulate(before, axis=-1, out=into)
-            np.minimum(into, q[k, up, :, :1], out=into)
-            np.less_equal(q[k, up, :, :-1], before, out=self._hk[k, up])
+            np.minimum(into, qk[up, :, :1], out=into)
+            np.less_equal(qk[up, :, :-1], before, out=self._hk[k, up])
             if not unlimited:
-                q[k, 0, :, 1:] = q[k, 0, :, :1]
+                qk[0, :, 1:] = qk[0, :, :1]
 
     def done(self, row: int, need: int, lanes: int, stop: int) -> tuple[Floats, Ints]:
         """Cost of finishing `need` cells at each cell `row.start .. stop - 1` with at most
@@ -225,8 +253,7 @@ class Tables:
             s = i - t - (m - 1)  # then m - 1 cells of a segment shorter than m
             out.append((base + s, base + i + 1))
             k -= i - s + 1
-            c = self.run[row, s]
-            if self._q[s, row, k, j] + c != self.r[s, row, 0, k + 1, j]:  # a fresh start
+            if self.fresh[s, row, k, j]:  # a fresh start
                 break
             if s == 0:  # paused since before the window
                 break
