@@ -212,3 +212,47 @@ def test_running_minima_and_sparse_table_answer_alike(
     want = cands.best(rows, earliest, latest, method="table")
     for g, w in zip(got, want, strict=True):
         assert np.array_equal(g, w)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 500), min_size=2, max_size=30),
+    st.lists(st.integers(1, 12), min_size=1, max_size=4, unique=True),
+    st.integers(2, 8),
+    st.data(),
+)
+def test_rows_stored_only_as_far_as_searched_read_alike(
+    values: list[int], lengths: list[int], far: int, data: st.DataObject
+) -> None:
+    """A grid reaching `far` times past the forecast: with `until_s`, rows of whole cells keep
+    only what searches up to it read, and go on (`row_end`) with cell boundaries scored `inf`;
+    the rows read, and the searches answer, as when every candidate is stored."""
+    fc = forecast([float(v) for v in values], step=timedelta(minutes=15))
+    curve = build_curve(fc, start=fc.start, end=fc.start + far * (fc.end - fc.start))
+    durs = np.unique(np.array(lengths, dtype=np.float64) * 900.0)
+    until = data.draw(st.integers(0, curve.n)) * 900.0 + data.draw(st.sampled_from([0.0, 300.0]))
+    full = Candidates.build(curve, durs, FLAT)
+    part = Candidates.build(curve, durs, FLAT, until_s=until)
+    assert part.width <= full.width
+    assert np.array_equal(part.row_end, full.row_len)
+    for r in range(len(durs)):
+        for col in (0, data.draw(st.integers(0, int(full.row_len[r])))):
+            assert np.array_equal(part.row_starts(r, col), full.row_starts(r, col))
+            assert np.array_equal(part.row_scores(r, col), full.row_scores(r, col))
+    rows = np.array([data.draw(st.integers(0, len(durs) - 1)) for _ in range(5)])
+    earliest = np.array([data.draw(st.integers(0, int(until // 900))) * 900.0 for _ in rows])
+    latest = np.minimum(earliest + 900.0 * data.draw(st.integers(0, 20)), until)
+    got, want = part.best(rows, earliest, latest), full.best(rows, earliest, latest)
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w)
+
+
+def test_rows_far_past_the_forecast_are_not_stored() -> None:
+    fc = forecast([100.0 + i for i in range(8)], step=timedelta(minutes=15))
+    curve = build_curve(fc, start=fc.start, end=fc.start + 10 * (fc.end - fc.start))
+    durs = np.array([900.0, 3600.0])
+    cands = Candidates.build(curve, durs, FLAT, until_s=0.0)
+    assert cands.width == 8 and list(cands.row_end) == [80, 77]  # covered cells, of 80
+    assert (
+        np.isinf(cands.row_scores(0, 7)[1:]).all() and np.isfinite(cands.row_scores(0, 0)[:8]).all()
+    )
