@@ -6,7 +6,8 @@ import io
 from datetime import UTC, datetime
 from typing import Any
 
-from ecoq.reports import J_PER_KWH, time_param
+from ecoq.report_sql import run_filter
+from ecoq.reports import J_PER_KWH
 from ecoq.views import Reader
 
 __all__ = ["CODECARBON_COLUMNS", "codecarbon_rows", "render_codecarbon"]
@@ -55,8 +56,7 @@ SELECT r.id AS run_id, r.job_id, j.project, COALESCE(r.intensity_zone, j.zone) A
        r.started_at, r.finished_at, r.energy_j, r.facility_energy_j, r.pue, r.realized_g,
        r.cpu_energy_j, r.gpu_energy_j, r.ram_energy_j, r.gpu_indices
 FROM runs r JOIN jobs j ON j.id = r.job_id
-WHERE r.started_at IS NOT NULL AND r.finished_at IS NOT NULL
-  AND r.finished_at >= :since AND r.finished_at < :until
+WHERE {where}
 ORDER BY r.finished_at, r.id
 """
 
@@ -123,8 +123,11 @@ def _values(r: dict[str, Any]) -> list[Any]:
     ]
 
 
-def codecarbon_rows(reader: Reader, *, since: datetime, until: datetime) -> list[dict[str, Any]]:
-    """One CodeCarbon row per run that finished in `[since, until)`, oldest first.
+def codecarbon_rows(
+    reader: Reader, *, since: datetime, until: datetime, uid: int | None = None
+) -> list[dict[str, Any]]:
+    """One CodeCarbon row per run that finished in `[since, until)`, oldest first (with `uid`,
+    only runs of jobs whose ``jobs.uid`` is `uid`).
 
     ``run_id`` and ``experiment_id`` are fixed UUIDs made from ecoq's run and job ids;
     ``energy_consumed`` is facility energy (IT × PUE), so that ``emissions`` =
@@ -132,23 +135,27 @@ def codecarbon_rows(reader: Reader, *, since: datetime, until: datetime) -> list
     goes in ``region``; fields ecoq does not know are None (written empty).
     """
     return [
-        dict(zip(CODECARBON_COLUMNS, v, strict=True)) for v in _run_values(reader, since, until)
+        dict(zip(CODECARBON_COLUMNS, v, strict=True))
+        for v in _run_values(reader, since, until, uid)
     ]
 
 
-def _run_values(reader: Reader, since: datetime, until: datetime) -> list[list[Any]]:
-    params = {"since": time_param(reader, since), "until": time_param(reader, until)}
-    return [_values(r) for r in reader.query(_RUNS_SQL, params)]
+def _run_values(
+    reader: Reader, since: datetime, until: datetime, uid: int | None
+) -> list[list[Any]]:
+    where, params = run_filter(reader, since=since, until=until, uid=uid)
+    return [_values(r) for r in reader.query(_RUNS_SQL.format(where=where), params)]
 
 
 def render_codecarbon(
-    reader: Reader | None, *, since: datetime, until: datetime
+    reader: Reader | None, *, since: datetime, until: datetime, uid: int | None = None
 ) -> tuple[str, int]:
     """CodeCarbon's ``emissions.csv`` (its header, then one line per run) and the run count;
-    without a database (`reader` None), the header alone."""
+    without a database (`reader` None), the header alone. With `uid`, only the runs of jobs
+    whose ``jobs.uid`` is `uid`."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")  # writes None as an empty field
     writer.writerow(CODECARBON_COLUMNS)
-    rows = _run_values(reader, since, until) if reader is not None else []
+    rows = _run_values(reader, since, until, uid) if reader is not None else []
     writer.writerows(rows)
     return out.getvalue(), len(rows)

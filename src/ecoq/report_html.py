@@ -44,18 +44,41 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _cells(values: list[Any]) -> list[str]:
-    # one expression, no call per cell: a by-job report has a million cells
-    return [
-        "-"
-        if v is None
-        else (
-            (f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}")
-            if isinstance(v, float)
-            else (html.escape(v) if isinstance(v, str) else str(v))
-        )
-        for v in values
-    ]
+def _cell(v: Any) -> str:
+    """One cell: floats to 3 significant digits (whole numbers from 1,000), None as "-"."""
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return html.escape(v) if isinstance(v, str) else str(v)
+
+
+def _column(values: list[Any]) -> tuple[str, list[Any]]:
+    """A column as (format spec, values) for the row template: a by-job report has a million
+    cells, so the common columns go to `str.format` as they are, and only the others are
+    formatted here (`_cell`) first."""
+    types = set(map(type, values))
+    if types == {float} and all(map((1000.0).__gt__, map(abs, values))):
+        return ":.3g", values  # what `_cell` writes for each
+    if types == {float, type(None)}:  # e.g. kWh per epoch: None for rows without epochs
+        return "", [
+            "-" if v is None else (f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}") for v in values
+        ]
+    if types == {int}:
+        return "", values
+    if types <= {str, type(None)}:
+        # names rarely hold a character to escape: look at the whole column at once
+        text = "".join(filter(None, values))
+        if html.escape(text) == text:
+            return "", values if types == {str} else ["-" if v is None else v for v in values]
+    return "", list(map(_cell, values))
+
+
+def _status_cells(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Each row's runs by status ("3 final, 1 provisional"): rows share a few combinations."""
+    keys = [tuple(s.items()) for s in map(itemgetter("status"), rows)]
+    text = {k: html.escape(", ".join(f"{n} {s}" for s, n in k)) for k in dict.fromkeys(keys)}
+    return list(map(text.__getitem__, keys))
 
 
 def _table(rows: Sequence[dict[str, Any]], first: str) -> str:
@@ -65,12 +88,11 @@ def _table(rows: Sequence[dict[str, Any]], first: str) -> str:
         f"<th>{html.escape(first if k == 'group' else t)}</th>" for k, t in TABLE_COLUMNS
     )
     head += "<th>runs by status</th>"
-    columns = [_cells(list(map(itemgetter(key), rows))) for key, _ in TABLE_COLUMNS]
-    columns.append(
-        [html.escape(", ".join(f"{n} {s}" for s, n in row["status"].items())) for row in rows]
-    )
-    template = "<tr>" + "<td>{}</td>" * len(columns) + "</tr>"
-    return f"<table><tr>{head}</tr>{''.join(map(template.format, *columns))}</table>"
+    columns = [_column(list(map(itemgetter(key), rows))) for key, _ in TABLE_COLUMNS]
+    template = "".join(f"<td>{{{spec}}}</td>" for spec, _ in columns)
+    template = f"<tr>{template}<td>{{}}</td></tr>"
+    body = "".join(map(template.format, *(cells for _, cells in columns), _status_cells(rows)))
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _cards(report: Report) -> str:
@@ -96,7 +118,12 @@ def _cards(report: Report) -> str:
 
 
 def render_html(
-    report: Report, reader: Reader | None, *, now: datetime, job_plots: int = JOB_PLOTS
+    report: Report,
+    reader: Reader | None,
+    *,
+    now: datetime,
+    job_plots: int = JOB_PLOTS,
+    uid: int | None = None,
 ) -> str:
     """The whole report as one HTML document (build `report` with ``days=True`` for the daily
     bars).
@@ -105,10 +132,20 @@ def render_html(
         reader: reads the forecasts behind the job plots; None: no job plots.
         now: UTC time the report was made.
         job_plots: how many jobs (most energy first) get a forecast-and-window plot.
+        uid: plot only jobs whose ``jobs.uid`` is `uid`; None: `report.uid` (the uid the
+            report was built for, None for everyone's jobs).
 
     Raises:
         PlotUnavailable: matplotlib is missing (``pip install 'ecoq[plot]'``).
+        ValueError: `uid` is not the uid `report` was built for.
     """
+    if uid is None:
+        uid = report.uid
+    elif uid != report.uid:
+        raise ValueError(
+            f"uid={uid} but the report was built for uid={report.uid}: pass the same uid to "
+            "build_report and render_html"
+        )
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -132,7 +169,7 @@ def render_html(
             parts.append(_img(daily_png(days, signal), f"daily emissions, {signal} signal"))
     jobs: list[int] = []
     if reader is not None and report.totals:
-        jobs = top_jobs(reader, since=report.since, until=report.until, n=job_plots)
+        jobs = top_jobs(reader, since=report.since, until=report.until, n=job_plots, uid=uid)
     if jobs and reader is not None:
         parts.append("<h2>Forecast and window of the largest jobs</h2>")
         parts.append(

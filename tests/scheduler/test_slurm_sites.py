@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ecoq.db import open_engine
+from ecoq.errors import ForecastUnavailable
 from ecoq.forecasting import Forecast, IntensityPoint
 from ecoq.scheduler.daemon import Daemon, DaemonConfig
 from ecoq.scheduler.executors.slurm import SlurmExecutor, SlurmSite
@@ -36,6 +37,9 @@ class FlatProvider:
         hours = int((end - t0).total_seconds() // 3600) + 2
         points = tuple(IntensityPoint(t0 + timedelta(hours=h), 300.0) for h in range(hours))
         return Forecast(zone, "average", "flat", "test forecast", t0, timedelta(hours=1), points)
+
+    def history(self, zone: str, start: datetime, end: datetime) -> Forecast:
+        raise ForecastUnavailable("flat: keeps no realized values")
 
 
 def _setup(tmp_path: Path, site: SlurmSite) -> tuple[Queue, SlurmDriver, Daemon]:

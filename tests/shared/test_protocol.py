@@ -24,8 +24,10 @@ from ecoq.shared.protocol import (
     ok,
     parse_request,
     recv,
+    recv_stream,
     result_of,
     send,
+    send_stream,
 )
 from ecoq.states import JobState
 from ecoq.views import JobView
@@ -108,6 +110,70 @@ def test_truncated_frame_says_how_much_arrived(pair: tuple[socket.socket, socket
     d.close()
 
 
+def exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "closed early"
+        data += chunk
+    return data
+
+
+def test_a_text_streams_in_bounded_frames(pair: tuple[socket.socket, socket.socket]) -> None:
+    import threading
+
+    a, b = pair
+    text = ("ü \udcff 𝔼 report line\n" * 200_000)[:-1]  # ~5 MB: several frames
+    sender = threading.Thread(target=send_stream, args=(a, ok({"runs": 2}), text))
+    sender.start()
+    assert result_of(recv(b, limit=protocol.MAX_RESPONSE_BYTES)) == {"runs": 2}
+    frames = []
+    while True:
+        (size,) = struct.unpack(">I", exactly(b, 4))
+        frames.append(size)
+        if size == 0:
+            break
+        exactly(b, size)
+    sender.join()
+    assert len(frames) > 4 and max(frames) <= protocol.STREAM_CHUNK_BYTES and frames[-1] == 0
+    sender = threading.Thread(target=send_stream, args=(a, ok({}), text))
+    sender.start()
+    recv(b, limit=protocol.MAX_RESPONSE_BYTES)
+    assert recv_stream(b) == text  # surrogates of undecodable argv bytes survive
+    sender.join()
+    send_stream(a, ok({}), "")
+    recv(b, limit=protocol.MAX_RESPONSE_BYTES)
+    assert recv_stream(b) == ""
+
+
+def test_a_stream_is_cut_at_its_limits() -> None:
+    def fed(data: bytes) -> socket.socket:
+        a, b = socket.socketpair()
+        with a:
+            a.sendall(data)
+        b.settimeout(5)
+        return b
+
+    cases = [
+        (struct.pack(">I", protocol.STREAM_CHUNK_BYTES + 1), "frame of 1048577 bytes exceeds"),
+        (struct.pack(">I", 6) + b"abcdef" + struct.pack(">I", 6) + b"ghijkl", "exceeds 10 bytes"),
+        (struct.pack(">I", 6) + b"ab", "closed after 2 of the 6 bytes of the stream"),
+        (struct.pack(">I", 2) + b"\xff\xfe" + struct.pack(">I", 0), "not UTF-8"),
+    ]
+    for data, message in cases:
+        with fed(data) as sock, pytest.raises(ProtocolError, match=message):
+            recv_stream(sock, limit=10)
+
+
+def test_messages_with_undecodable_argv_bytes_still_encode(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    message = make_request("forecast", {"zone": "DE\udcff"})
+    send(a, message, limit=MAX_REQUEST_BYTES)
+    assert recv(b, limit=MAX_REQUEST_BYTES) == message
+
+
 # --- requests ------------------------------------------------------------------------------
 
 
@@ -116,8 +182,24 @@ def test_every_operation_parses_with_its_defaults() -> None:
     assert parse_request(make_request("queue", {})).args == {"all": False}
     logs = parse_request(make_request("logs", {"id": 3})).args
     assert logs == {"id": 3, "offset": 0, "max_bytes": protocol.LOG_CHUNK_BYTES}
-    for op in ("show", "cancel", "hold", "release", "start"):
+    for op in ("show", "cancel", "hold", "release", "start", "plot"):
         assert parse_request(make_request(op, {"id": 1})).args == {"id": 1}
+    report = parse_request(make_request("report", {})).args
+    assert report == {
+        "since": "30d",
+        "until": None,
+        "by": "project",
+        "format": "table",
+        "codecarbon": False,
+    }
+    forecast = parse_request(make_request("forecast", {"hours": 6})).args
+    assert forecast == {
+        "zone": None,
+        "hours": 6.0,
+        "duration": None,
+        "deadline": None,
+        "provider": None,
+    }
     req = parse_request(make_request("submit", submit_args())).submit()
     assert req.deadline == NOW + timedelta(hours=12) and req.deadline.tzinfo is not None
     assert req.command == ["/bin/echo", "hi"] and req.duration_s is None
@@ -143,6 +225,15 @@ def test_every_operation_parses_with_its_defaults() -> None:
         ({"v": 1, "op": "queue", "args": {"all": "yes"}}, "true or false"),
         ({"v": 1, "op": "logs", "args": {"id": 1, "offset": -1}}, "'offset'"),
         ({"v": 1, "op": "logs", "args": {"id": 1, "max_bytes": 10**9}}, "'max_bytes'"),
+        ({"v": 1, "op": "report", "args": {"uid": 0}}, "report: unknown field 'uid'"),
+        ({"v": 1, "op": "report", "args": {"by": 3}}, "'by': 3 is not a string"),
+        ({"v": 1, "op": "report", "args": {"since": "x" * 5000}}, "at most 4096"),
+        ({"v": 1, "op": "report", "args": {"codecarbon": 1}}, "true or false"),
+        ({"v": 1, "op": "report", "args": {"format": "csv\0"}}, "without NUL"),
+        ({"v": 1, "op": "forecast", "args": {"hours": "24"}}, "'hours': '24' is not a number"),
+        ({"v": 1, "op": "forecast", "args": {"zone": ["DE"]}}, "'zone'"),
+        ({"v": 1, "op": "forecast", "args": {"out": "/etc/passwd"}}, "unknown field 'out'"),
+        ({"v": 1, "op": "plot", "args": {}}, "plot: missing field 'id'"),
     ],
 )
 def test_bad_requests_name_what_is_wrong(message: dict[str, Any], error: str) -> None:
@@ -217,6 +308,16 @@ def test_errors_travel_as_their_class() -> None:
         result_of({"v": 9, "ok": True})
     with pytest.raises(ProtocolError, match="malformed error"):
         result_of({"v": 1, "ok": False, "error": "boom"})
+
+
+def test_forecast_answers_round_trip() -> None:
+    answer = protocol.ForecastAnswer({"zone": "DE", "points": []}, ["zone DE: ..."])
+    wire = json.loads(json.dumps(answer.to_result()))
+    assert protocol.ForecastAnswer.from_result(wire) == answer
+    bads: list[Any] = [None, {"data": {}}, {"data": [], "lines": []}, {"data": {}, "lines": [1]}]
+    for bad in bads:
+        with pytest.raises(ProtocolError, match="malformed result"):
+            protocol.ForecastAnswer.from_result(bad)
 
 
 def test_job_rows_round_trip_through_json() -> None:

@@ -6,6 +6,10 @@ commands run in processes forked from this one that take on the user's uid, gid 
 needs no files the user could not read (this checkout and its Python may sit in root's home;
 what the CLI imports is imported first, by running the same commands as root). Needs root and
 `useradd` (CI has both).
+
+The daemon's forecasts come from a local stand-in for Electricity Maps that answers only with
+the daemon's token (in the daemon's environment alone), so a user's `ecoq forecast` can only
+work through the daemon.
 """
 
 from __future__ import annotations
@@ -42,6 +46,44 @@ pytestmark = [
 
 SECRET = "s3cret-of-A"
 IDS_JOB = "id -u > ids; id -g >> ids; id -G >> ids; echo secret=$ECOQ_E2E_SECRET"
+TOKEN = "em-token-of-root-" + secrets.token_hex(8)
+#: A stand-in for Electricity Maps' /v3/carbon-intensity/forecast: 73 hourly values from this
+#: hour, lowest now; any other path is a 404, a missing or wrong token a 401.
+EM_STUB = r"""
+import json, sys
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HOUR = timedelta(hours=1)
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.headers.get("auth-token") != sys.argv[1]:
+            return self.answer(401, {"error": "missing or wrong token"})
+        if not self.path.startswith("/v3/carbon-intensity/forecast?"):
+            return self.answer(404, {"error": "no such path"})
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        points = [
+            {"carbonIntensity": 150 + 10 * (i % 12), "datetime": (hour + i * HOUR).isoformat()}
+            for i in range(73)
+        ]
+        self.answer(200, {"zone": "DE", "forecast": points, "updatedAt": hour.isoformat()})
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
 
 
 @dataclass
@@ -62,6 +104,7 @@ class Box:
     other: User  # B: another user
     admin: User  # C: in the admin group
     extra_gid: int
+    daemon_pid: int
 
     def log(self) -> str:
         """The end of the daemon's log, for failure messages."""
@@ -101,15 +144,22 @@ def _warm_imports(config: Path, sock: Path) -> None:
         ["start", "1"],
         ["cancel", "1"],
         ["report"],
+        ["forecast", "--zone", "DE"],
+        ["meter", "--zone", "DE", "--json", "--", "/bin/true"],
     ):
         result = CliRunner().invoke(app, args, env=env)
-        assert result.exit_code != 0 or args[0] in ("queue", "report"), (args, result.stdout)
+        assert result.exit_code != 0 or args[0] in ("queue", "report", "meter"), (
+            args,
+            result.stdout,
+        )
     client = Client(sock)
     client.hello()
     client.list_jobs(include_finished=True)
-    for call in (client.show, client.logs):
+    for call in (client.show, client.logs, client.job_plot):
         with pytest.raises(ecoq.errors.JobNotFound):
             call(1)
+    client.report(since="1d", until=None, by="job", fmt="json", codecarbon=False)
+    client.forecast(zone="DE", hours=1, duration=None, deadline=None, provider=None)
 
 
 def in_child(user: User, work: Callable[[], Any], env: dict[str, str] | None = None) -> Any:
@@ -202,7 +252,13 @@ def box() -> Iterator[Box]:
     base = Path(tempfile.mkdtemp(prefix="ecoq-e2e-"))
     base.chmod(0o755)
     daemon: subprocess.Popen[bytes] | None = None
+    stub: subprocess.Popen[str] | None = None
     try:
+        stub = subprocess.Popen(
+            [sys.executable, "-c", EM_STUB, TOKEN], stdout=subprocess.PIPE, text=True
+        )
+        assert stub.stdout is not None
+        em_port = int(stub.stdout.readline())
         for group in groups:
             _run("groupadd", group)
         owner = _add_user(users[0], groups[0])
@@ -217,9 +273,12 @@ def box() -> Iterator[Box]:
             "[daemon]\ntick_interval_s = 0.2\nkill_grace_s = 2.0\n"
             "[meters]\nrapl = false\nnvml = false\n"
             f'[shared]\nsocket = "{sock}"\nadmins = "@{groups[1]}"\n'
+            '[forecast]\nprovider = "electricitymaps"\n'
+            f'[forecast.electricitymaps]\nbase_url = "http://127.0.0.1:{em_port}"\n'
         )
         config.chmod(0o644)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ECOQ_CONFIG": str(config)}
+        env["ECOQ_ELECTRICITYMAPS_TOKEN"] = TOKEN  # the daemon's alone
         env["HOME"] = os.environ.get("HOME", "/root")
         with open(base / "daemon.log", "wb") as log:
             daemon = subprocess.Popen(
@@ -236,8 +295,13 @@ def box() -> Iterator[Box]:
             time.sleep(0.05)
         _warm_imports(config, sock)
         extra_gid = __import__("grp").getgrnam(groups[0]).gr_gid
-        yield Box(base, config, data, sock, owner, other, admin, extra_gid)
+        yield Box(base, config, data, sock, owner, other, admin, extra_gid, daemon.pid)
     finally:
+        if stub is not None:
+            stub.kill()
+            stub.wait()
+            if stub.stdout is not None:
+                stub.stdout.close()
         if daemon is not None and daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)  # warm stop, then cold: running jobs end too
             time.sleep(0.3)
@@ -343,9 +407,106 @@ def test_only_the_owner_and_admins_change_a_running_job(box: Box) -> None:
     assert "cancelled" in ended.out, f"{ended}\n{box.log()}"
 
 
-def test_commands_that_need_the_database_say_so(box: Box) -> None:
-    res = ecoq_as(box, box.other, "report")
-    assert res.code == 2 and "only the ecoq daemon" in res.err, res
+def report_jobs(box: Box, user: User, *flags: str) -> set[int]:
+    """Ids of the jobs in `user`'s `ecoq report --by job` over the last day."""
+    res = ecoq_as(box, user, "report", "--since", "1d", "--by", "job", "--json", *flags)
+    assert res.code == 0, f"{res}\n{box.log()}"
+    return {int(row["group"].split()[0]) for row in json.loads(res.out)["rows"]}
+
+
+def test_each_user_reports_on_their_own_jobs_and_an_admin_on_everyones(box: Box) -> None:
+    a, b, c = box.owner, box.other, box.admin
+    job_a, job_b = submit(box, a, "echo a"), submit(box, b, "echo b")
+    for user, job in ((a, job_a), (b, job_b)):
+        done = wait(box, user, job)
+        assert done.code == 0, f"{done}\n{box.log()}"
+    mine, theirs, everyone = report_jobs(box, a), report_jobs(box, b), report_jobs(box, c)
+    assert job_a in mine and job_b not in mine
+    assert job_b in theirs and job_a not in theirs
+    assert {job_a, job_b} <= everyone and mine | theirs <= everyone
+    by_user = ecoq_as(box, a, "report", "--since", "1d", "--by", "user", "--format", "csv")
+    assert by_user.code == 0 and a.name in by_user.out and b.name not in by_user.out, by_user
+    table = ecoq_as(box, a, "report", "--since", "1d", "--by", "user")
+    assert f"only runs of jobs submitted by uid {a.uid}" in table.out, table
+    # --out is written by the user's own process, as the user, where the user may write.
+    for name, flags in (("r.html", ["--format", "html"]), ("e.csv", ["--codecarbon"])):
+        out = a.home / name
+        res = ecoq_as(box, a, "report", "--since", "1d", *flags, "--out", str(out))
+        assert res.code == 0 and f"wrote {out} (" in res.out, f"{res}\n{box.log()}"
+        assert out.stat().st_uid == a.uid and b.name not in out.read_text()
+    res = ecoq_as(box, b, "report", "--out", str(a.home / "r.html"))  # not where B may write
+    assert res.code == 2 and "cannot write --out" in res.err, res
+    res = ecoq_as(box, a, "report", "--by", "team")  # checked by the daemon, same message
+    assert res.code == 2 and "--by 'team' is not one of" in res.err, res
+
+
+def test_a_users_forecast_uses_the_daemons_credentials_unseen(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, c = box.owner, box.admin
+    res = ecoq_as(box, a, "forecast", "--zone", "DE", "--json")
+    assert res.code == 0, f"{res}\n{box.log()}"
+    got = json.loads(res.out)
+    assert (got["zone"], got["source"]) == ("DE", "electricitymaps")
+    assert got["points"][0]["g_per_kwh"] == 150.0
+    text = ecoq_as(box, a, "forecast", "--zone", "DE", "--duration", "1h", "--deadline", "6h")
+    assert text.code == 0 and "(electricitymaps)" in text.out and "best window" in text.out
+    # The same forecast root sees, reading the database and the providers itself.
+    monkeypatch.setenv("ECOQ_CONFIG", str(box.config))
+    monkeypatch.setenv("ECOQ_ELECTRICITYMAPS_TOKEN", TOKEN)
+    for name in ("ECOQ_DATABASE_URL", "ECOQ_PATHS__DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    direct = CliRunner().invoke(app, ["forecast", "--zone", "DE", "--json"])
+    assert direct.exit_code == 0, direct.output
+    assert json.loads(direct.stdout)["points"] == got["points"]
+    # `ecoq meter` run by the user prices its energy at the daemon's intensity.
+    metered = ecoq_as(box, a, "meter", "--zone", "DE", "--json", "--", "/bin/true")
+    assert metered.code == 0, f"{metered}\n{box.log()}"
+    report = json.loads(metered.out.strip().splitlines()[-1])
+    assert report["g_per_kwh"] == 150.0 and "Electricity Maps" in str(report["intensity_source"])
+    # The user never holds the token: not in their answers, not in the daemon's environment.
+    assert TOKEN not in res.out + res.err + text.out + text.err + metered.out + metered.err
+
+    def environ() -> str:
+        try:
+            Path(f"/proc/{box.daemon_pid}/environ").read_bytes()
+        except PermissionError:
+            return "denied"
+        return "read"
+
+    assert in_child(a, environ) == "denied"
+    # Asking a provider directly spends the daemon's credentials uncached: admins only.
+    res = ecoq_as(box, a, "forecast", "--zone", "DE", "--provider", "electricitymaps")
+    assert res.code == 2 and "only admins may" in res.err, res
+    res = ecoq_as(box, c, "forecast", "--zone", "DE", "--provider", "electricitymaps", "--json")
+    assert res.code == 0 and json.loads(res.out)["source"] == "electricitymaps", res
+    res = ecoq_as(box, a, "forecast", "--zone", "DE", "--hours", "0")
+    assert res.code == 2 and "--hours 0 must be more than 0" in res.err, res
+
+
+def test_job_plots_are_drawn_by_the_daemon_for_the_owner_and_admins(box: Box) -> None:
+    a, b, c = box.owner, box.other, box.admin
+    job = submit(box, a, "echo plot")
+    assert wait(box, a, job).code == 0
+
+    def plot() -> str:
+        from ecoq.shared.client import Client
+
+        try:
+            png = Client(box.socket).job_plot(job)
+        except ecoq.errors.JobNotFound as exc:
+            return str(exc)
+        return "png" if png.startswith(b"\x89PNG") else "not a png"
+
+    assert in_child(a, plot) == "png"
+    assert in_child(c, plot) == "png"
+    assert f"no job {job} of yours" in in_child(b, plot)
+    png = a.home / "plot.png"
+    res = ecoq_as(box, a, "show", str(job), "--plot", str(png))
+    assert res.code == 0 and "plot written" in res.out, res
+    assert png.stat().st_uid == a.uid and png.read_bytes().startswith(b"\x89PNG")
+    res = ecoq_as(box, b, "show", str(job), "--plot", str(b.home / "plot.png"))
+    assert res.code != 0 and not (b.home / "plot.png").exists(), res
 
 
 def test_root_does_not_submit_jobs_on_a_shared_box(
@@ -358,5 +519,6 @@ def test_root_does_not_submit_jobs_on_a_shared_box(
     assert res.exit_code == 2 and "root may not submit jobs on a shared box" in res.stderr
     listed = CliRunner().invoke(app, ["queue", "--all", "--json"])  # root reads the database
     assert listed.exit_code == 0 and {j["user"] for j in json.loads(listed.stdout)} <= {
-        box.owner.name
+        box.owner.name,
+        box.other.name,
     }

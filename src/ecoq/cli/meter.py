@@ -23,6 +23,7 @@ from ecoq.cli.app import (
     fail,
     forecast_source,
     settings,
+    shared_client,
     utcnow,
 )
 from ecoq.errors import EcoqError
@@ -181,6 +182,14 @@ def _intensity(zone: str, now: "datetime") -> tuple[dict[str, Any], str | None]:
     if not zone:
         return {}, "no zone (--zone or site.zone), so no emissions"
     try:
+        client = shared_client()
+        if client is not None:  # a shared box: the daemon's providers and cache
+            return _shared_intensity(
+                client.forecast(
+                    zone=zone, hours=1, duration=None, deadline=None, provider=None
+                ).data,
+                now,
+            ), None
         fc = forecast_source().forecast(zone, now, now + timedelta(hours=1))
         if fc is None:
             return {}, f"no forecast for zone {zone} from any source, so no emissions"
@@ -188,6 +197,28 @@ def _intensity(zone: str, now: "datetime") -> tuple[dict[str, Any], str | None]:
     except EcoqError as exc:
         return {}, f"no intensity for zone {zone}: {exc}"
     return {"g_per_kwh": value, "signal": fc.signal, "intensity_source": fc.label}, None
+
+
+def _shared_intensity(data: dict[str, Any], now: "datetime") -> dict[str, Any]:
+    """The report fields from the `--json` object of the daemon's `ecoq forecast`: the value
+    of the point holding `now` (the first point when all start later).
+
+    Raises:
+        ForecastUnavailable: the answer holds no points.
+    """
+    from datetime import datetime
+
+    from ecoq.errors import ForecastUnavailable
+
+    points = data.get("points") or []
+    if not points:
+        raise ForecastUnavailable(f"the daemon's forecast for {data.get('zone')} has no points")
+    held = [p for p in points if datetime.fromisoformat(p["time"]) <= now] or points[:1]
+    return {
+        "g_per_kwh": float(held[-1]["g_per_kwh"]),
+        "signal": data.get("signal"),
+        "intensity_source": data.get("label"),
+    }
 
 
 def _report(

@@ -9,16 +9,15 @@ from ecoq.cli.app import (
     JsonOpt,
     app,
     box_gpus,
-    canonical_zone,
     config_app,
     errors,
     examples,
-    forecast_provider,
     forecast_source,
     open_queue,
     planner_sites,
     print_json,
     settings,
+    shared_client,
     slurm_driver,
     utcnow,
 )
@@ -105,7 +104,7 @@ def daemon(
                     retention=RetentionPolicy.from_settings(cfg.retention),
                 ),
                 executor=box.executor(queue) if box else None,
-                slurm=slurm_driver(queue),
+                slurm=box.slurm_driver(queue) if box else slurm_driver(queue),
             )
             if once:
                 try:
@@ -150,93 +149,28 @@ def forecast(
     json_out: JsonOpt = False,
 ) -> None:
     """Show the forecast the planner would use, its source and age, and the best window."""
-    from datetime import timedelta
-
-    from ecoq.errors import ValidationError
-    from ecoq.forecasting import Forecast
-    from ecoq.parsing import parse_duration, parse_when
-    from ecoq.scheduler.planning import plan_window
-    from ecoq.views import iso
+    from ecoq.cli.forecast_view import forecast_answer
 
     with errors():
-        cfg = settings()
-        now = utcnow()
-        zone_name = zone or cfg.site.zone
-        if not zone_name:
-            raise ValidationError("no zone given; pass --zone, e.g. --zone DE (`ecoq zones`)")
-        if not 0 < hours <= 24 * 31:  # also refuses NaN
-            raise ValidationError(f"--hours {hours:g} must be more than 0 and at most 744 (31 d)")
-        zone_name = canonical_zone(zone_name, provider=provider)
-        span = parse_duration(duration) if duration else None
-        until = parse_when(deadline, now, flag="--deadline") if deadline else None
-        if (span is None) != (until is None):
-            raise ValidationError("give both --duration and --deadline to find the best window")
-        end = max(now + timedelta(hours=hours), until or now)
-        fc: Forecast | None
-        if provider is not None:
-            fc = forecast_provider(provider).forecast(zone_name, now, end)
-        else:
-            fc = forecast_source().forecast(zone_name, now, end)
-        if fc is None:
-            from ecoq.errors import ForecastUnavailable
-
-            raise ForecastUnavailable(f"no forecast for zone {zone_name} from any source")
-        best = None
-        if span is not None and until is not None:
-            best = plan_window(
-                fc,
-                earliest_start=now,
-                latest_start=until - span,
-                duration=span,
-                min_saving=cfg.planner.min_saving,
-                rule=cfg.planner.averaging,
+        client = shared_client()
+        if client is not None:  # a shared box: the daemon's providers, credentials and cache
+            answer = client.forecast(
+                zone=zone, hours=hours, duration=duration, deadline=deadline, provider=provider
             )
-    shown = [p for p in fc.points if p.start < now + timedelta(hours=hours)]
-    age_s = max(0.0, (now - fc.issued_at).total_seconds())
+        else:
+            answer = forecast_answer(
+                zone=zone,
+                hours=hours,
+                duration=duration,
+                deadline=deadline,
+                provider=provider,
+                now=utcnow(),
+            )
     if json_out:
-        data: dict[str, object] = {
-            "zone": fc.zone,
-            "source": fc.source,
-            "label": fc.label,
-            "signal": fc.signal,
-            "issued_at": iso(fc.issued_at),
-            "age_s": round(age_s),
-            "step_s": int(fc.step.total_seconds()),
-            "emission_factor": fc.emission_factor,
-            "model": fc.model,
-            "points": [
-                {"time": iso(p.start), "g_per_kwh": p.g_per_kwh, "estimated": p.is_estimated}
-                for p in shown
-            ],
-            "gaps": [{"start": iso(a), "end": iso(b)} for a, b in fc.gaps()],
-        }
-        if best is not None:
-            data["best_window"] = {
-                "start": iso(best.start),
-                "mean_g_per_kwh": best.mean_g_per_kwh,
-                "now_g_per_kwh": best.now_g_per_kwh,
-                "saving_pct": 100 * best.saving_fraction,
-                "reason": best.reason,
-            }
-        print_json(data)
+        print_json(answer.data)
         return
-    basis = f" ({fc.emission_factor})" if fc.emission_factor else ""
-    typer.echo(
-        f"zone {fc.zone}: {fc.label} ({fc.source}), {fc.signal} signal{basis}, gCO2eq/kWh, "
-        f"issued {iso(fc.issued_at)} ({age_s / 60:.0f} min ago)"
-    )
-    for p in shown:
-        bar = "#" * max(1, round(p.g_per_kwh / 20))
-        flag = "  (estimated)" if p.is_estimated else ""
-        typer.echo(f"  {p.start:%a %H:%M}Z  {p.g_per_kwh:7.1f}  {bar}{flag}")
-    for a, b in fc.gaps():
-        typer.echo(f"  no data from {iso(a)} to {iso(b)}")
-    if best is not None:
-        typer.echo(
-            f"best window: start {iso(best.start)}, {best.mean_g_per_kwh:.0f} g/kWh vs "
-            f"{best.now_g_per_kwh:.0f} now ({100 * best.saving_fraction:.1f} % less): "
-            f"{best.reason}"
-        )
+    for line in answer.lines:
+        typer.echo(line)
 
 
 @app.command(

@@ -1,20 +1,23 @@
 """`ecoq report`, and the plot and accounting lines of `ecoq show`.
 
-Reads through the fast reader (plain SQL); matplotlib is imported only for HTML and plots.
+Reads through the fast reader (plain SQL); matplotlib is imported only for HTML and plots. On a
+shared box a user's report and plots are made by the daemon (`shared_report`, `job_png`) and
+only written here.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ecoq.cli.app import JsonOpt, app, errors, examples, open_reader, utcnow
+from ecoq.cli.app import JsonOpt, app, errors, examples, open_reader, shared_client, utcnow
 
 if TYPE_CHECKING:
-    from ecoq.reports import Report
+    from ecoq.reports import GroupBy, Report
     from ecoq.views import Reader
 
 REPORT_EPILOG = examples(
@@ -61,46 +64,108 @@ def report(
     json_out: JsonOpt = False,
 ) -> None:
     """Energy and emissions of finished runs: realized, avoided, delay added, deadline misses,
-    energy per epoch, carbon per inference and SCI, with their provenance."""
+    energy per epoch, carbon per inference and SCI, with their provenance.
+
+    On a shared box a user's report counts their own jobs; an admin's, everyone's."""
     from ecoq.errors import ValidationError
 
     with errors():
-        from ecoq.reports import FORMATS, GROUPS, Report, build_report
-
-        now = utcnow()
-        start = _since(since, now, "--since")
-        end = _since(until, now, "--until") if until else now
         if json_out:
             fmt = "json"
-        if by not in GROUPS:
-            raise ValidationError(f"--by {by!r} is not one of {', '.join(GROUPS)}")
-        if fmt not in FORMATS:
-            raise ValidationError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-        if codecarbon and fmt not in ("table", "csv"):
-            raise ValidationError(f"--codecarbon writes CSV; drop --format {fmt}")
-        if end <= start:
-            raise ValidationError(f"--until ({until}) must be after --since ({since})")
-        reader = open_reader()
-        with _collector_paused():
-            if codecarbon:
-                from ecoq.report_codecarbon import render_codecarbon
-
-                text, runs = render_codecarbon(reader, since=start, until=end)
-            else:
-                result = (
-                    build_report(reader, since=start, until=end, by=by, days=fmt == "html")
-                    if reader is not None
-                    else Report(start, end, by, [], [], [], [])
-                )
-                text, runs = _render(result, fmt, reader, now), result.runs
+        client = shared_client()
+        if client is not None:  # a shared box: the daemon reads the database (own jobs only)
+            text, runs = client.report(
+                since=since, until=until, by=by, fmt=fmt, codecarbon=codecarbon
+            )
+        else:
+            now = utcnow()
+            query = report_query(since, until, by, fmt, codecarbon, now)
+            text, runs = render_report(query, open_reader(), now=now)
         if out is None:
             typer.echo(text, nl=not text.endswith("\n"))
             return
-        try:
-            out.write_text(text, encoding="utf-8")
+        try:  # written here, as the caller, also on a shared box
+            out.write_text(text, encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
             raise ValidationError(f"cannot write --out {out}: {exc.strerror}") from exc
     typer.echo(f"wrote {out} ({runs} runs)")
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    """`ecoq report`'s checked flags: runs finished in `[since, until)`."""
+
+    since: datetime
+    until: datetime
+    by: "GroupBy"
+    fmt: str
+    codecarbon: bool
+
+
+def report_query(
+    since: str, until: str | None, by: str, fmt: str, codecarbon: bool, now: datetime
+) -> ReportQuery:
+    """Check `ecoq report`'s flags (as typed; `fmt` is "json" for `--json`), as the command and
+    the shared daemon both do. Raises ValidationError naming the flag."""
+    from ecoq.errors import ValidationError
+    from ecoq.reports import FORMATS, GROUPS
+
+    start = _since(since, now, "--since")
+    end = _since(until, now, "--until") if until else now
+    if by not in GROUPS:
+        raise ValidationError(f"--by {by!r} is not one of {', '.join(GROUPS)}")
+    if fmt not in FORMATS:
+        raise ValidationError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if codecarbon and fmt not in ("table", "csv"):
+        raise ValidationError(f"--codecarbon writes CSV; drop --format {fmt}")
+    if end <= start:
+        raise ValidationError(f"--until ({until}) must be after --since ({since})")
+    return ReportQuery(start, end, by, fmt, codecarbon)
+
+
+def render_report(
+    query: ReportQuery, reader: "Reader | None", *, now: datetime, uid: int | None = None
+) -> tuple[str, int]:
+    """The report's text and how many runs it covers; `uid` not None: only that user's jobs
+    count (a shared daemon's answer to a user). Raises PlotUnavailable (HTML without
+    matplotlib), DatabaseError."""
+    from ecoq.reports import Report, build_report
+
+    with _collector_paused():
+        if query.codecarbon:
+            from ecoq.report_codecarbon import render_codecarbon
+
+            return render_codecarbon(reader, since=query.since, until=query.until, uid=uid)
+        result = (
+            build_report(
+                reader,
+                since=query.since,
+                until=query.until,
+                by=query.by,
+                days=query.fmt == "html",
+                uid=uid,
+            )
+            if reader is not None
+            else Report(query.since, query.until, query.by, [], [], [], [], uid=uid)
+        )
+        return _render(result, query.fmt, reader, now), result.runs
+
+
+def shared_report(
+    reader: "Reader | None",
+    *,
+    uid: int | None,
+    since: str,
+    until: str | None,
+    by: str,
+    format: str,  # the protocol's field name
+    codecarbon: bool,
+) -> tuple[str, int]:
+    """The shared daemon's `report`: the flags a user typed, checked and rendered here as
+    `ecoq report` would, over that user's jobs (`uid`; None: everyone's)."""
+    now = utcnow()
+    query = report_query(since, until, by, format, codecarbon, now)
+    return render_report(query, reader, now=now, uid=uid)
 
 
 @contextmanager
@@ -134,23 +199,35 @@ def _render(result: "Report", fmt: str, reader: "Reader | None", now: datetime) 
 
 
 def write_job_plot(job_id: int, path: Path) -> None:
-    """Draw job `job_id`'s forecast-and-window plot into the PNG file `path`.
+    """Draw job `job_id`'s forecast-and-window plot into the PNG file `path` (on a shared box
+    the daemon draws it, for the job's owner or an admin; the file is written here, as the
+    caller).
 
     Raises:
-        JobNotFound: no such job. PlotUnavailable: matplotlib is missing.
-        ValidationError: the file cannot be written.
+        JobNotFound: no such job (or, on a shared box, not the caller's).
+        PlotUnavailable: matplotlib is missing. ValidationError: the file cannot be written.
     """
     from ecoq.errors import JobNotFound, ValidationError
-    from ecoq.plots import window_plot, window_png
 
-    reader = open_reader()
-    if reader is None:
-        raise JobNotFound(f"no job with id {job_id}; `ecoq queue --all` lists the jobs")
-    png = window_png(window_plot(reader, job_id))
+    client = shared_client()
+    if client is not None:
+        png = client.job_plot(job_id)
+    else:
+        reader = open_reader()
+        if reader is None:
+            raise JobNotFound(f"no job with id {job_id}; `ecoq queue --all` lists the jobs")
+        png = job_png(reader, job_id)
     try:
         path.write_bytes(png)
     except OSError as exc:
         raise ValidationError(f"cannot write --plot {path}: {exc.strerror}") from exc
+
+
+def job_png(reader: "Reader", job_id: int) -> bytes:
+    """Job `job_id`'s forecast-and-window plot as PNG. Raises PlotUnavailable."""
+    from ecoq.plots import window_plot, window_png
+
+    return window_png(window_plot(reader, job_id))
 
 
 def accounting_lines(job_id: int) -> list[tuple[str, str]]:

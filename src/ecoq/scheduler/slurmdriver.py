@@ -12,6 +12,11 @@ cluster: every step below is a compare-and-set, so only one of them acts on a jo
   has its submission withdrawn (``scancel`` of the pending job).
 - **due time**: the job is claimed (`planned → running`, with its run) and released
   (``scontrol release``). A daemon that dies between the two releases it after its restart.
+- **as whom**: on a shared box (`run_as`, the local executor's `RunAs` policy) each job is
+  submitted as its submitter (``sbatch --uid --gid``). A job that may not run as its user (the
+  account is gone, or it is root's and root's jobs are not allowed) fails with the reason, at
+  plan time or, if its user vanished after the submission, at due time (its submission is
+  withdrawn first); it is never submitted as root.
 - **reap**: the daemon's usual reap reads the run through `SlurmExecutor.status`; energy comes
   from ``sacct``'s ConsumedEnergyRaw when the cluster gathers it, else the run is accounted as an
   estimate (no local meter sees a Slurm node).
@@ -21,13 +26,14 @@ import logging
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from ecoq.errors import ConfigError, EcoqError
+from ecoq.errors import ConfigError, EcoqError, ExecutorError
 from ecoq.models import Job, Run
 from ecoq.scheduler.executors import LaunchSpec, RunStatus
+from ecoq.scheduler.executors.identity import RunAs
 from ecoq.scheduler.executors.slurm import SlurmExecutor
 from ecoq.scheduler.queue import Queue
 from ecoq.states import JobState
@@ -46,6 +52,7 @@ class SlurmReport:
     moved: list[int] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
     withdrawn: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  #: failed: may not run as their user
 
 
 class SlurmDriver:
@@ -58,6 +65,9 @@ class SlurmDriver:
         data_dir: where run directories go (`<data_dir>/jobs/<id>/slurm-...`); it must be on a
             file system the cluster's nodes share (job output is written there).
         worker: this daemon's name (the claims are its).
+        run_as: the shared-box policy, given to every executor: each job is submitted as its
+            submitter, never as root unless the policy allows it. None: each executor's own
+            (personal mode: as the daemon's user).
     """
 
     def __init__(
@@ -67,12 +77,16 @@ class SlurmDriver:
         *,
         data_dir: Path,
         worker: str,
+        run_as: RunAs | None = None,
     ) -> None:
         for name, ex in executors.items():
             if ex.site.name != name:  # submissions record the executor's site name
                 raise ConfigError(f"Slurm site {name!r} has an executor for {ex.site.name!r}")
         self.queue = queue
-        self.executors = dict(executors)
+        self.executors = {
+            name: ex if run_as is None else replace(ex, run_as=run_as)
+            for name, ex in executors.items()
+        }
         self.data_dir = data_dir
         self.worker = worker
         self._warned: dict[int, str] = {}
@@ -124,14 +138,22 @@ class SlurmDriver:
             return
         ex = self.executors[str(job.site)]
         if ref is None:
-            ref = self._submit(job, ex, now)
+            ref = self._submit(job, ex, now, report)
             if ref is None:
                 return
             report.submitted.append(job.id)
         elif _sent_start(record) != job.planned_start:
             ex.move(Path(ref), job.planned_start)
             report.moved.append(job.id)
-        if self._due(job, now) and self._claim_and_release(job, ex, Path(ref)):
+        if not self._due(job, now):
+            return
+        try:
+            ex.submitter(job.id, job.uid)  # its user may have gone since it was submitted
+        except ExecutorError as exc:
+            self._withdraw(job, ex, Path(ref), report)
+            self._refuse(job, Path(ref), exc, now, report)
+            return
+        if self._claim_and_release(job, ex, Path(ref)):
             report.released.append(job.id)
 
     @staticmethod
@@ -142,10 +164,17 @@ class SlurmDriver:
         # Planned as early as it can, waiting only for room: Slurm decides when there is room.
         return job.plan_asap and (job.not_before is None or job.not_before <= now)
 
-    def _submit(self, job: Job, ex: SlurmExecutor, now: datetime) -> str | None:
+    def _submit(
+        self, job: Job, ex: SlurmExecutor, now: datetime, report: SlurmReport
+    ) -> str | None:
         assert job.id is not None and job.planned_start is not None
         stamp = now.strftime("%Y%m%dT%H%M%S")
         run_dir = self.data_dir / "jobs" / str(job.id) / f"slurm-{stamp}-{uuid.uuid4().hex[:6]}"
+        try:
+            ex.submitter(job.id, job.uid)
+        except ExecutorError as exc:
+            self._refuse(job, run_dir, exc, now, report)
+            return None
         if not self.queue.set_slurm_run_dir(job.id, None, str(run_dir)):
             return None  # another daemon submits it
         spec = LaunchSpec(
@@ -167,6 +196,22 @@ class SlurmDriver:
             "job %s submitted held to Slurm site %s for %s", job.id, job.site, job.planned_start
         )
         return str(run_dir)
+
+    def _refuse(
+        self, job: Job, run_dir: Path, exc: ExecutorError, now: datetime, report: SlurmReport
+    ) -> None:
+        """Fail a job that may not run as its user (as the local executor's launch does): it
+        is claimed, so that one daemon fails it, and ended with the reason."""
+        assert job.id is not None
+        run = self.queue.claim(
+            job, worker=self.worker, host=socket.gethostname(), run_dir=str(run_dir), gpus=[]
+        )
+        if run is None:
+            return  # another daemon got it first
+        reason = f"not submitted to Slurm site {job.site}: {exc}"
+        self.queue.finish(job, run, S.FAILED, exit_code=None, finished_at=now, reason=reason)
+        report.refused.append(job.id)
+        log.warning("job %s failed: %s", job.id, reason)
 
     def _withdraw(self, job: Job, ex: SlurmExecutor, run_dir: Path, report: SlurmReport) -> None:
         """Cancel a submission the plan no longer wants (it never started: ecoq releases only

@@ -5,6 +5,10 @@ and root) sees and changes every job. A job that exists but is not the caller's 
 exactly as a job that does not exist, so nobody learns which ids other users hold. Changes go
 through `Queue` (cancel, hold, release, start) or the CLI's own submit path; reads through
 `ecoq.views`. No operation returns a job's environment.
+
+`report` counts a user's own jobs only (by the kernel-given uid), an admin's everyone's;
+`forecast` answers from the daemon's providers, with its credentials, which users never see.
+Both run the CLI's own code (injected), so their answers and errors are those of the command.
 """
 
 from __future__ import annotations
@@ -13,16 +17,17 @@ import base64
 import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ecoq import __version__
 from ecoq.config import job_environment
 from ecoq.errors import EcoqError, JobNotFound, ValidationError
 from ecoq.shared.access import Caller
-from ecoq.shared.protocol import VERSION, Request, SubmitRequest, job_row
+from ecoq.shared.protocol import VERSION, Request, Streamed, SubmitRequest, job_row
 from ecoq.views import Reader, get_job, latest_run_dir, list_jobs
 
 if TYPE_CHECKING:
@@ -37,6 +42,21 @@ log = logging.getLogger(__name__)
 SubmitFn = Callable[[SubmitRequest, str, int], "JobView"]
 #: `ecoq show`'s accounting lines for a job id.
 AccountingFn = Callable[[int], list[tuple[str, str]]]
+#: `ecoq report`'s text and run count: called with the reader, `uid=` (None: everyone's) and
+#: the checked `report` arguments (since, until, by, format, codecarbon).
+ReportFn = Callable[..., tuple[str, int]]
+#: `ecoq forecast`'s answer (`ForecastAnswer.to_result()`) for the checked `forecast` arguments.
+ForecastFn = Callable[..., dict[str, Any]]
+#: `ecoq show --plot`'s PNG of a job (reader, job id).
+PlotFn = Callable[[Reader, int], bytes]
+
+#: Providers `ecoq forecast --provider` would ask over the network, uncached, with the daemon's
+#: credentials and quota: only admins may (users get the daemon's cached chain).
+_LIVE_PROVIDERS = frozenset({"watttime", "electricitymaps", "ukgrid"})
+#: Reports and plots made at once; more wait (a by-job report of 100,000 runs
+#: takes seconds and a few hundred MB).
+_HEAVY_AT_ONCE = 2
+_HEAVY_WAIT_S = 60.0
 
 _ACTIONS = {"cancel": "cancel", "hold": "hold", "release": "release", "start": "run_now"}
 
@@ -54,6 +74,12 @@ class Backend:
     submit_fn: SubmitFn
     accounting: AccountingFn | None = None
     allow_root_jobs: bool = False
+    report: ReportFn | None = None
+    forecast: ForecastFn | None = None
+    plot: PlotFn | None = None
+    heavy: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(_HEAVY_AT_ONCE)
+    )
 
     def handle(self, caller: Caller, request: Request) -> Any:
         """Carry out a checked request for `caller`; the result is JSON-ready.
@@ -75,8 +101,17 @@ class Backend:
             return self._list(caller, all_jobs=args["all"])
         if request.op == "submit":
             return {"job": job_row(self._submit(caller, request.submit()))}
+        if request.op == "report":
+            return self._report(caller, args)
+        if request.op == "forecast":
+            return self._forecast(caller, args)
         with self._reading() as reader:
             self._authorise(caller, args["id"], reader)
+            if request.op == "plot":
+                assert reader is not None  # _authorise found the job
+                with self._heavy_slot():
+                    png = self._needs(self.plot, "show --plot")(reader, args["id"])
+                return {"png": base64.b64encode(png).decode("ascii")}
             if request.op == "show":
                 job = get_job(reader, args["id"]) if reader is not None else None
                 if job is None:
@@ -98,6 +133,43 @@ class Backend:
             close = getattr(reader, "close", None)
             if close is not None:
                 close()
+
+    @contextmanager
+    def _heavy_slot(self) -> Iterator[None]:
+        if not self.heavy.acquire(timeout=_HEAVY_WAIT_S):
+            raise EcoqError("the ecoq daemon is busy with other reports; try again in a minute")
+        try:
+            yield
+        finally:
+            self.heavy.release()
+
+    @staticmethod
+    def _needs(fn: Callable[..., Any] | None, command: str) -> Callable[..., Any]:
+        if fn is None:
+            raise EcoqError(f"this ecoq daemon does not serve `ecoq {command}`; run it as root")
+        return fn
+
+    def _report(self, caller: Caller, args: dict[str, Any]) -> Streamed:
+        uid = None if caller.admin else caller.uid  # never from the request
+        report = self._needs(self.report, "report")
+        with self._heavy_slot(), self._reading() as reader:
+            text, runs = report(reader, uid=uid, **args)
+        log.info(
+            "%s: report (%s, %d runs)", caller.label, "everyone" if uid is None else "own", runs
+        )
+        return Streamed({"runs": runs}, text)
+
+    def _forecast(self, caller: Caller, args: dict[str, Any]) -> dict[str, Any]:
+        provider = args["provider"]
+        live = provider is not None and provider.strip().lower() in _LIVE_PROVIDERS
+        if live and not caller.admin:
+            raise ValidationError(
+                f"--provider {provider} asks that provider directly, uncached, with the "
+                "daemon's credentials; on a shared box only admins may. Drop --provider to "
+                "see the forecast the planner uses"
+            )
+        result: dict[str, Any] = self._needs(self.forecast, "forecast")(**args)
+        return result
 
     @staticmethod
     def _not_found(caller: Caller, job_id: int) -> JobNotFound:

@@ -17,11 +17,14 @@ from ecoq.errors import EcoqError
 from ecoq.shared.protocol import (
     MAX_REQUEST_BYTES,
     MAX_RESPONSE_BYTES,
+    STREAMED,
+    ForecastAnswer,
     ProtocolError,
     SubmitRequest,
     job_from_row,
     make_request,
     recv,
+    recv_stream,
     result_of,
     send,
 )
@@ -57,6 +60,15 @@ class Client:
             EcoqError: the daemon cannot be reached (message says how to check it), or the
                 error the daemon answered with; ProtocolError for a malformed answer.
         """
+        return self._exchange(op, args)[0]
+
+    def call_stream(self, op: str, **args: Any) -> tuple[Any, str]:
+        """Like `call`, for an operation in `STREAMED`: its result and the text that follows."""
+        result, text = self._exchange(op, args)
+        assert text is not None
+        return result, text
+
+    def _exchange(self, op: str, args: dict[str, Any]) -> tuple[Any, str | None]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout_s)
@@ -70,6 +82,8 @@ class Client:
             try:
                 send(sock, make_request(op, args), limit=MAX_REQUEST_BYTES)
                 answer = recv(sock, limit=MAX_RESPONSE_BYTES)
+                result = result_of(answer)  # raises the daemon's error: then no text follows
+                text = recv_stream(sock) if op in STREAMED else None
             except ProtocolError:
                 raise
             except OSError as exc:
@@ -79,7 +93,7 @@ class Client:
                 ) from exc
         finally:
             sock.close()
-        return result_of(answer)
+        return result, text
 
     def hello(self) -> dict[str, Any]:
         """Who the daemon takes this caller to be: uid, user, admin, version, protocol."""
@@ -133,6 +147,50 @@ class Client:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(
                 f"the daemon answered logs with a malformed result: {exc!r}"
+            ) from None
+
+    def report(
+        self, *, since: str, until: str | None, by: str, fmt: str, codecarbon: bool
+    ) -> tuple[str, int]:
+        """`ecoq report`'s text and run count, made by the daemon over the caller's own jobs (an
+        admin's: everyone's). Raises what `ecoq report` raises (bad flags: ValidationError)."""
+        result, text = self.call_stream(
+            "report", since=since, until=until, by=by, format=fmt, codecarbon=codecarbon
+        )
+        if not isinstance(result, dict) or type(result.get("runs")) is not int:
+            raise ProtocolError("the daemon answered report with a malformed result")
+        return text, result["runs"]
+
+    def forecast(
+        self,
+        *,
+        zone: str | None,
+        hours: float,
+        duration: str | None,
+        deadline: str | None,
+        provider: str | None,
+    ) -> ForecastAnswer:
+        """`ecoq forecast`'s output, from the daemon's providers and cache (with its
+        credentials). Raises what `ecoq forecast` raises."""
+        result = self.call(
+            "forecast",
+            zone=zone,
+            hours=hours,
+            duration=duration,
+            deadline=deadline,
+            provider=provider,
+        )
+        return ForecastAnswer.from_result(result)
+
+    def job_plot(self, job_id: int) -> bytes:
+        """The PNG `ecoq show --plot` draws for the job. Raises JobNotFound (also for another
+        user's job), or EcoqError when the daemon cannot draw (no matplotlib)."""
+        result = self.call("plot", id=job_id)
+        try:
+            return base64.b64decode(result["png"], validate=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(
+                f"the daemon answered plot with a malformed result: {exc!r}"
             ) from None
 
     def submit(self, request: SubmitRequest) -> JobView:

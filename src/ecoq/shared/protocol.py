@@ -1,26 +1,27 @@
 """The shared daemon's wire protocol: one request and one response per connection.
 
-A message is a frame: 4 bytes, the length of the body as a big-endian unsigned integer, then the
-body, a UTF-8 JSON object of at most `MAX_REQUEST_BYTES` (requests) or `MAX_RESPONSE_BYTES`
-(responses)::
+A message is a frame (`ecoq.shared.framing`): 4 bytes, the length of the body as a big-endian
+unsigned integer, then the body, a UTF-8 JSON object of at most `MAX_REQUEST_BYTES` (requests)
+or `MAX_RESPONSE_BYTES` (responses)::
 
     request   {"v": 1, "op": "cancel", "args": {"id": 7}}
     response  {"v": 1, "ok": true, "result": {"outcome": "requested"}}
               {"v": 1, "ok": false, "error": {"type": "JobNotFound", "message": "..."}}
 
+The operations in `STREAMED` (`report`) follow a successful answer with their text as a
+stream of frames (`send_stream`), as a by-job report of 100,000 runs is tens of MB.
+
 Every request is checked field by field (`parse_request`): unknown operations or fields, wrong
 types, out-of-range numbers and oversized values are refused with a `ProtocolError` that names
 the field. No request carries a uid or a user name: the server learns who is asking from the
-kernel. Stdlib only (plus `ecoq.errors` and `ecoq.views`), so the client stays fast to import.
+kernel. Stdlib only (plus `ecoq.errors`, `ecoq.shared.framing` and `ecoq.views`), so the
+client stays fast to import.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import socket
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -29,23 +30,59 @@ from typing import TYPE_CHECKING, Any
 
 from ecoq import errors
 from ecoq.errors import ConfigError, EcoqError
+from ecoq.shared.framing import (
+    MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES,
+    MAX_STREAM_BYTES,
+    STREAM_CHUNK_BYTES,
+    ProtocolError,
+    encode,
+    recv,
+    recv_stream,
+    send,
+    send_stream,
+)
 
 if TYPE_CHECKING:
     from ecoq.scheduler.jobspec import JobSpec
     from ecoq.views import JobView
 
+__all__ = [
+    "LOG_CHUNK_BYTES",
+    "MAX_REQUEST_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "MAX_STREAM_BYTES",
+    "OPS",
+    "STREAMED",
+    "STREAM_CHUNK_BYTES",
+    "VERSION",
+    "ForecastAnswer",
+    "ProtocolError",
+    "Request",
+    "Streamed",
+    "SubmitRequest",
+    "check_socket_path",
+    "encode",
+    "failure",
+    "job_from_row",
+    "job_row",
+    "make_request",
+    "ok",
+    "parse_request",
+    "recv",
+    "recv_stream",
+    "result_of",
+    "send",
+    "send_stream",
+]
+
 VERSION = 1
-MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a submitted environment is the largest part
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 LOG_CHUNK_BYTES = 1024 * 1024  # most output bytes one `logs` call returns
-_HEADER = struct.Struct(">I")
+#: Operations whose successful answer is followed by a streamed text (`send_stream`).
+STREAMED = frozenset({"report"})
 _MAX_ID = 2**31 - 1  # a 32-bit INTEGER column (PostgreSQL)
 _MAX_TEXT = 4096  # paths, names, arguments
 _MAX_ITEMS = 4096  # argv words, environment variables
-
-
-class ProtocolError(EcoqError):
-    """A malformed message on the shared daemon's socket."""
 
 
 _MAX_PATH_BYTES = 107  # sockaddr_un.sun_path holds 108 bytes, NUL included
@@ -64,49 +101,6 @@ def check_socket_path(path: str) -> Path:
             f"({_MAX_PATH_BYTES} bytes); use a shorter one such as /run/ecoq/ecoq.sock"
         )
     return Path(path)
-
-
-# -- framing -------------------------------------------------------------------------------
-
-
-def encode(message: Mapping[str, Any], *, limit: int) -> bytes:
-    """The frame for `message`. Raises ProtocolError when its body exceeds `limit` bytes."""
-    body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    if len(body) > limit:
-        raise ProtocolError(f"message of {len(body)} bytes exceeds the {limit}-byte limit")
-    return _HEADER.pack(len(body)) + body
-
-
-def send(sock: socket.socket, message: Mapping[str, Any], *, limit: int) -> None:
-    """Send one frame. Raises ProtocolError (too large) or OSError."""
-    sock.sendall(encode(message, limit=limit))
-
-
-def _read(sock: socket.socket, size: int, what: str) -> bytes:
-    chunks, got = [], 0
-    while got < size:
-        chunk = sock.recv(min(size - got, 1024 * 1024))
-        if not chunk:
-            raise ProtocolError(f"connection closed after {got} of the {size} bytes of the {what}")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def recv(sock: socket.socket, *, limit: int) -> dict[str, Any]:
-    """Read one frame's JSON object. Raises ProtocolError (malformed, too large, closed early),
-    or OSError (including `TimeoutError`)."""
-    (size,) = _HEADER.unpack(_read(sock, _HEADER.size, "length header"))
-    if size > limit:
-        raise ProtocolError(f"message of {size} bytes exceeds the {limit}-byte limit")
-    body = _read(sock, size, "message")
-    try:
-        message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: [[[…
-        raise ProtocolError(f"message is not UTF-8 JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError(f"message is a JSON {type(message).__name__}, not an object")
-    return message
 
 
 # -- field checks --------------------------------------------------------------------------
@@ -186,6 +180,13 @@ def _time(name: str, value: Any) -> datetime:
     if when.tzinfo is None:
         raise _fail(name, value, "an ISO-8601 time with an offset (naive times are ambiguous)")
     return when.astimezone(UTC)
+
+
+def _number(name: str, value: Any) -> float:
+    # NaN and infinities pass: the operation refuses them with the CLI's own message.
+    if type(value) not in (int, float):
+        raise _fail(name, value, "a number")
+    return float(value)
 
 
 def _optional(check: Check) -> Check:
@@ -277,6 +278,21 @@ OPS: dict[str, dict[str, tuple[Check, Any]]] = {
     "hold": {"id": (_JOB_ID, _REQUIRED)},
     "release": {"id": (_JOB_ID, _REQUIRED)},
     "start": {"id": (_JOB_ID, _REQUIRED)},
+    "report": {
+        "since": (_text(empty=True), "30d"),
+        "until": (_optional(_text(empty=True)), None),
+        "by": (_text(empty=True), "project"),
+        "format": (_text(empty=True), "table"),
+        "codecarbon": (_boolean, False),
+    },
+    "forecast": {
+        "zone": (_optional(_text(empty=True)), None),
+        "hours": (_number, 24.0),
+        "duration": (_optional(_text(empty=True)), None),
+        "deadline": (_optional(_text(empty=True)), None),
+        "provider": (_optional(_text(empty=True)), None),
+    },
+    "plot": {"id": (_JOB_ID, _REQUIRED)},
     "submit": {
         "command": (_words(), _REQUIRED),
         "cwd": (_path, _REQUIRED),
@@ -350,6 +366,38 @@ def parse_request(message: Mapping[str, Any]) -> Request:
 
 
 # -- responses ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A result whose `text` follows the answer `head` as a stream (`send_stream`)."""
+
+    head: dict[str, Any]
+    text: str
+
+
+@dataclass(frozen=True)
+class ForecastAnswer:
+    """What `ecoq forecast` prints: `data` with `--json`, else `lines`."""
+
+    data: dict[str, Any]
+    lines: list[str]
+
+    def to_result(self) -> dict[str, Any]:
+        return {"data": self.data, "lines": self.lines}
+
+    @classmethod
+    def from_result(cls, result: Any) -> ForecastAnswer:
+        """Read `to_result()` back. Raises ProtocolError when it is not one."""
+        if (
+            not isinstance(result, dict)
+            or not isinstance(result.get("data"), dict)
+            or not isinstance(result.get("lines"), list)
+            or not all(isinstance(line, str) for line in result["lines"])
+        ):
+            raise ProtocolError("the daemon answered forecast with a malformed result")
+        return cls(result["data"], result["lines"])
+
 
 #: The errors a response may name; anything else arrives as a plain EcoqError.
 ERRORS: dict[str, type[EcoqError]] = {

@@ -26,12 +26,14 @@ from ecoq.shared.protocol import (
     MAX_REQUEST_BYTES,
     MAX_RESPONSE_BYTES,
     ProtocolError,
+    Streamed,
     check_socket_path,
     failure,
     ok,
     parse_request,
     recv,
     send,
+    send_stream,
 )
 
 __all__ = ["SharedServer"]
@@ -69,20 +71,28 @@ class _Handler(socketserver.BaseRequestHandler):
         except OSError as exc:  # timed out, or the client went away
             log.debug("%s (pid %s): no request: %s", caller.label, pid, exc)
             return
+        stream: str | None = None
         try:
-            answer = ok(shared.backend.handle(caller, request))
+            result = shared.backend.handle(caller, request)
+            if isinstance(result, Streamed):  # a report: its text follows the answer
+                answer, stream = ok(result.head), result.text
+            else:
+                answer = ok(result)
         except EcoqError as exc:
             answer = failure(exc)
         except Exception:
             log.exception("%s: %s failed", caller.label, request.op)
             answer = failure(EcoqError("internal error in the ecoq daemon; see its log"))
-        self._answer(sock, answer)
+        self._answer(sock, answer, stream)
 
     @staticmethod
-    def _answer(sock: socket.socket, message: dict[str, Any]) -> None:
+    def _answer(sock: socket.socket, message: dict[str, Any], stream: str | None = None) -> None:
         try:
             try:
-                send(sock, message, limit=MAX_RESPONSE_BYTES)
+                if stream is None:
+                    send(sock, message, limit=MAX_RESPONSE_BYTES)
+                else:
+                    send_stream(sock, message, stream)
             except ProtocolError as exc:  # the answer itself is too large
                 send(sock, failure(exc), limit=MAX_RESPONSE_BYTES)
             # Closing with unread input would reset the connection, and the client could lose

@@ -22,7 +22,10 @@ process). The job script runs the argv list exactly (each argument `shlex.quote`
 ``exec``), in the job's directory, with the job's environment passed to ``sbatch
 --export-file`` (NUL-separated, so any value survives; never on a command line); stdout and
 stderr go to ``output.log`` in the run directory, which must be on a file system the compute
-nodes share. Every command runs with ``TZ=UTC0`` (Slurm prints and parses local times) and a
+nodes share. On a shared box (`RunAs` policy) a root daemon submits each job as its
+submitter (``sbatch --uid --gid``; Slurm adds the user's groups), never as root unless the
+policy allows root's jobs; scontrol, scancel, squeue and sacct still run as root, which may act
+on every user's job. Every command runs with ``TZ=UTC0`` (Slurm prints and parses local times) and a
 timeout; failures raise `ExecutorError` naming the command, its exit status and its stderr.
 """
 
@@ -33,12 +36,13 @@ import os
 import signal as sigmod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ecoq.errors import ExecutorError
 from ecoq.scheduler.executors import Executor, Launched, LaunchSpec, RunStatus
+from ecoq.scheduler.executors.identity import Identity, RunAs, make_traversable, resolve
 from ecoq.scheduler.executors.slurm_parse import (
     SACCT_FIELDS,
     SacctRecord,
@@ -56,13 +60,18 @@ from ecoq.scheduler.executors.slurm_site import (
     job_script,
     run_command,
 )
+from ecoq.scheduler.executors.slurm_submit import (
+    ENV_FILE,
+    OUTPUT_FILE,
+    SCRIPT_FILE,
+    give_to,
+    sbatch_argv,
+    slurm_time,
+    write_private,
+)
 from ecoq.scheduler.executors.wrapper import atomic_write_json
 
-SCRIPT_FILE = "job.sh"  #: the batch script (sbatch stores its own copy)
-#: the job's environment, NUL-separated, for ``sbatch --export-file`` (removed once read)
-ENV_FILE = "job.env"
 RECORD_FILE = "slurm.json"  #: the Slurm job id and how it was submitted
-OUTPUT_FILE = "output.log"
 
 
 @dataclass(frozen=True)
@@ -76,24 +85,6 @@ class Submitted:
     submitted_at: datetime
 
 
-def _slurm_time(t: datetime) -> str:
-    """`t` as Slurm reads it under TZ=UTC0, rounded *up* to the second (never earlier)."""
-    t = t.astimezone(UTC)
-    if t.microsecond:
-        t = t.replace(microsecond=0) + timedelta(seconds=1)
-    return t.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    path.chmod(mode)
-
-
 @dataclass
 class SlurmExecutor:
     """Submits, moves, releases, cancels and reads jobs on one Slurm site.
@@ -104,6 +95,10 @@ class SlurmExecutor:
         clock: the current UTC time (decides whether a start is still in the future).
         env: the daemon's environment, for ``PATH`` and ``SLURM_CONF`` (default os.environ).
         min_lead_s: a start less than this many seconds ahead is sent as ``now``.
+        run_as: the shared-box policy (`ecoq.scheduler.executors.identity.RunAs`): every job
+            is submitted as its submitter (``sbatch --uid --gid``), never as root unless the
+            policy allows root's jobs. None (personal mode): as the daemon's user, as always.
+        euid: the daemon's effective uid (tests pass one).
     """
 
     site: SlurmSite
@@ -111,6 +106,21 @@ class SlurmExecutor:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     env: Mapping[str, str] | None = None
     min_lead_s: float = 1.0
+    run_as: RunAs | None = None
+    euid: Callable[[], int] = os.geteuid
+
+    def submitter(self, job_id: int, uid: int | None, gid: int | None = None) -> Identity | None:
+        """Whom job `job_id`, submitted by `uid`, is handed to Slurm as; None: as the daemon's
+        own user (personal mode, or root's job where the policy allows it).
+
+        Raises:
+            ExecutorError: on a shared box (`run_as`): the job has no owner, its owner is root
+                and root's jobs are not allowed, the daemon is not root, or the owner has no
+                account (any more). The job must then fail; it is never submitted as root.
+        """
+        if self.run_as is None:
+            return None
+        return resolve(job_id, uid, gid, self.run_as, euid=self.euid())
 
     # -- commands --------------------------------------------------------------------------
     def command_env(self) -> dict[str, str]:
@@ -143,9 +153,16 @@ class SlurmExecutor:
         starts by itself at `start` (or at once). The run directory gets `RECORD_FILE` with the
         Slurm job id; if that cannot be written, the job is cancelled again.
 
+        On a shared box (`run_as`) the job is submitted as its submitter (`submitter()`):
+        ``sbatch --uid --gid``, the run directory and its parents up to the policy's data
+        folder made traversable (0711, not listable), and `OUTPUT_FILE` and `MARKS_FILE`
+        created for the user (0600), as the local executor arranges a run; every other file
+        stays root's (sbatch reads the script and the environment file as root).
+
         Raises:
-            ExecutorError: a bad spec, a run directory that already holds a run, an I/O error,
-                or sbatch failing (its exit status and stderr are in the message).
+            ExecutorError: a bad spec, a job that may not run as its submitter (`submitter()`;
+                nothing is written then), a run directory that already holds a run, an I/O
+                error, or sbatch failing (its exit status and stderr are in the message).
         """
         label = f"job {spec.job_id} (run {spec.run_id})"
         run_dir = spec.run_dir.absolute()
@@ -153,35 +170,26 @@ class SlurmExecutor:
         env = job_environment(spec.env, gpus)
         if gpus < 0:
             raise ExecutorError(f"{label}: gpus {gpus} is negative")
+        user = self.submitter(spec.job_id, spec.uid, spec.gid)  # refused: nothing is written
         try:
             run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if (run_dir / RECORD_FILE).exists() or (run_dir / SCRIPT_FILE).exists():
                 raise ExecutorError(f"{label}: {run_dir} already holds a run; use a fresh one")
-            _write_private(run_dir / SCRIPT_FILE, script.encode(), 0o700)
+            write_private(run_dir / SCRIPT_FILE, script.encode(), 0o700)  # sbatch reads it
             blob = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
-            _write_private(run_dir / ENV_FILE, blob, 0o600)
+            write_private(run_dir / ENV_FILE, blob, 0o600)
+            if user is not None:  # the job, as its user, reaches its own files by name only
+                make_traversable(run_dir, self.run_as.data_dir if self.run_as else None)
+                give_to(run_dir, user)
         except OSError as exc:
             raise ExecutorError(f"{label}: cannot write {run_dir}: {exc}") from exc
         now = self.clock()
         begin = start if start is not None and self._ahead(start, now) else None
         name = f"ecoq-{spec.job_id}-{spec.run_id}-{run_dir.name}"
-        output = str(run_dir / OUTPUT_FILE).replace("%", "%%")  # % starts a filename pattern
-        argv = [
-            "sbatch", "--parsable", "--no-requeue", f"--job-name={name}",
-            f"--export-file={run_dir / ENV_FILE}", f"--chdir={spec.cwd}", f"--output={output}",
-            "--open-mode=append",
-        ]  # fmt: skip
-        if hold:
-            argv.append("--hold")
-        if begin is not None:
-            argv.append(f"--begin={_slurm_time(begin)}")
-        if self.site.partition:
-            argv.append(f"--partition={self.site.partition}")
-        if self.site.account:
-            argv.append(f"--account={self.site.account}")
-        if gpus > 0:
-            argv.append(f"--gres={self.site.gres}:{gpus}")
-        argv += [*self.site.sbatch_args, str(run_dir / SCRIPT_FILE)]
+        argv = sbatch_argv(
+            self.site, name=name, run_dir=run_dir, cwd=spec.cwd, hold=hold, begin=begin,
+            gpus=gpus, user=user,
+        )  # fmt: skip
         record: dict[str, object] = {
             "version": 1,
             "job_id": None,  # until sbatch answers: `job_id()` then finds the job by name
@@ -232,7 +240,7 @@ class SlurmExecutor:
         """
         job_id = self.job_id(run_dir)
         ahead = self._ahead(start, self.clock())
-        when = _slurm_time(start) if ahead else "now"
+        when = slurm_time(start) if ahead else "now"
         self.run(
             "scontrol", "update", f"JobId={job_id}", f"StartTime={when}",
             what=f"moving Slurm job {job_id} to {when}",
@@ -339,8 +347,10 @@ class SlurmExecutor:
         ids = ",".join(str(i) for i in job_ids)
         result = self.run("squeue", "--json", "--states=all", f"--jobs={ids}", check=False)
         if result.returncode != 0 and "Invalid job id" in result.stderr:
-            # Newer squeue refuses a list naming a forgotten job: list this user's jobs instead.
-            result = self.run("squeue", "--json", "--states=all", "--me", check=False)
+            # Newer squeue refuses a list naming a forgotten job: list this user's jobs instead
+            # (every user's on a shared box, where the jobs are the submitters', not root's).
+            mine = [] if self.run_as is not None else ["--me"]
+            result = self.run("squeue", "--json", "--states=all", *mine, check=False)
         if result.returncode != 0:
             raise command_failed(result, "squeue")
         wanted = set(job_ids)
@@ -516,4 +526,5 @@ __all__ = [
     "SlurmSite",
     "Submitted",
     "run_command",
+    "sbatch_argv",
 ]

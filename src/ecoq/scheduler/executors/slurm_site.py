@@ -24,7 +24,7 @@ from ecoq.scheduler.executors import LaunchSpec
 RESERVED_OPTIONS = (
     "--begin", "-b", "--hold", "-H", "--export", "--export-file", "--output", "-o", "--error",
     "-e", "--chdir", "-D", "--wrap", "--requeue", "--no-requeue", "--parsable", "--job-name",
-    "-J", "--open-mode", "--gres",
+    "-J", "--open-mode", "--gres", "--uid", "--gid",
 )  # fmt: skip
 #: The keys a ``[[sites]]`` entry of kind ``slurm`` may carry besides the site model's own.
 SLURM_SITE_KEYS = (
