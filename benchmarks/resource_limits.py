@@ -52,6 +52,7 @@ from ecoq.forecasting.bundled import BundledProvider  # noqa: E402
 from ecoq.models import Job, Run, UTCDateTime  # noqa: E402
 from ecoq.scheduler.daemon import Daemon, DaemonConfig  # noqa: E402
 from ecoq.scheduler.forecasts import ForecastSource, ForecastStore  # noqa: E402
+from ecoq.scheduler.planthread import PlanRun  # noqa: E402
 from ecoq.scheduler.queue import Queue  # noqa: E402
 from ecoq.scheduler.retention import Retention, RetentionPolicy  # noqa: E402
 
@@ -342,37 +343,35 @@ def service_ticks(engine: Engine, data: Path) -> dict[str, dict[str, float]]:
     """Ticks as `ecoq daemon` runs them, planning on the planner thread: for the first plan, a
     forced re-plan and a re-plan with the provider down, tick every 0.25 s from the tick that
     asks for the plan until the planner is idle."""
-    daemon = make_daemon(engine, data, YearProvider())
-    daemon.plan_in_background()
-    try:
-        out = {"first": _while_planning(daemon)}
-        daemon.request_replan()
-        out["forced"] = _while_planning(daemon)
-    finally:
-        daemon.stop_planning()
-    down = make_daemon(engine, data, DownProvider())
-    down.plan_in_background()
-    try:
-        down.request_replan()
-        out["down"] = _while_planning(down)
-    finally:
-        down.stop_planning()
+    out: dict[str, dict[str, float]] = {}
+    for key, provider in (("first", YearProvider()), ("down", DownProvider())):
+        daemon = make_daemon(engine, data, provider)
+        plans: list[PlanRun] = []
+        daemon.plan_in_background(on_done=plans.append)
+        try:
+            daemon.request_replan()
+            out[key] = _while_planning(daemon, plans)
+            if key == "first":
+                daemon.request_replan()
+                out["forced"] = _while_planning(daemon, plans)
+        finally:
+            daemon.stop_planning()
     return out
 
 
-def _while_planning(daemon: Daemon) -> dict[str, float]:
-    """The ticks' longest and median wall time, how many, and the plan's wall time."""
+def _while_planning(daemon: Daemon, plans: list["PlanRun"]) -> dict[str, float]:
+    """The ticks' longest and median wall time, how many, and the longest plan's wall time."""
     assert daemon.planner is not None
+    plans.clear()
     walls = [timed(daemon.tick)[0]]
     while daemon.planner.busy:
         time.sleep(0.25)
         walls.append(timed(daemon.tick)[0])
-    plans = daemon.planner.last
     return {
         "longest": max(walls),
         "median": statistics.median(walls),
         "ticks": len(walls),
-        "plan": plans.duration_s if plans is not None else float("nan"),
+        "plan": max((p.duration_s for p in plans), default=float("nan")),
     }
 
 
@@ -568,7 +567,7 @@ def report(
         "forced re-plan",
         "provider down: first re-plan",
         "next re-plan",
-        f"CPU < {TICK_INTERVAL_S:.0f} s",
+        f"inline: CPU < {TICK_INTERVAL_S:.0f} s",
     )
     service_head = _head(
         "backend",
@@ -628,7 +627,8 @@ As a service (`ecoq daemon`), the daemon plans on a thread of its own
 reaping, pausing and carrying out cancels while a plan is made. Below, the same database with
 a year stored, the plans made that way: the tick that asks for the plan, then a tick every
 0.25 s until the plan is written. Each cell: the ticks' longest / median wall time (how many
-ticks), and the plan's own wall time. The ticks share this process, and the GIL, with the
+ticks), and the longest plan's own wall time (the thread also makes the small plans the
+ticks ask for meanwhile). The ticks share this process, and the GIL, with the
 planner, so a tick may wait for it a little; what matters is that it never waits for a whole
 plan. Target: the longest tick under the default `daemon.tick_interval_s`
 ({TICK_INTERVAL_S:.0f} s).
@@ -656,13 +656,19 @@ def _findings(results: list[dict[str, Any]]) -> str:
         name = "SQLite" if r["kind"] == "sqlite" else "PostgreSQL"
         costs.append(f"{year:.1f} s against {empty:.1f} s with an empty cache on {name}")
     cost = "; ".join(costs)
+    plans = "; ".join(
+        f"{r['year']['forced'][1]:.1f} s of CPU for a forced re-plan on "
+        f"{'SQLite' if r['kind'] == 'sqlite' else 'PostgreSQL'}"
+        for r in results
+    )
     return f"""The stored year does not slow the tick: the first tick's CPU time is {cost}
 (on this shared machine the same tick's CPU time varies by up to about 3 s between runs: compare
 the forced re-plans, and the first tick after retention). Each zone's cached forecast is one
-index read (`ix_forecasts_lookup`, newest first), whatever the cache holds. The ticks that plan
-miss the 5 s target with or without stored forecasts: planning 10,000 jobs of 10 home zones on
-one box with 8 GPUs and 16 slots is planner-bound (profiled: about 80 % in `plan_jobs`, mostly
-building the window tables and the capacity fit, which are being reworked). The tick with
+index read (`ix_forecasts_lookup`, newest first), whatever the cache holds. Planned inline,
+a tick that plans all 10,000 jobs (10 home zones, one box with 8 GPUs and 16 slots) costs
+{plans}; with the provider down its first re-plan costs more (its column). That is
+why `ecoq daemon` plans beside the tick (next table), and the CPU column above is a plan's
+cost, not what the tick waits for. The tick with
 nothing new to plan takes tens of milliseconds; capacity-triggered re-plans are held to a sixth
 of the daemon's time and forecast refreshes come every 30 minutes. With the provider down, the
 first re-plan runs the fallback forecaster on 63 days of 5-minute realized values for each zone
