@@ -21,14 +21,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from ecoq.db import open_engine
-from ecoq.errors import ForecastUnavailable
-from ecoq.forecasting import Forecast, IntensityPoint
 from ecoq.scheduler.daemon import Daemon, DaemonConfig
 from ecoq.scheduler.executors.identity import RunAs
 from ecoq.scheduler.executors.local import LocalExecutor
@@ -41,6 +39,7 @@ from ecoq.scheduler.slurmdriver import SlurmDriver
 from ecoq.states import TERMINAL, JobState
 from tests.conftest import make_spec, skip_or_fail
 from tests.scheduler.executors.test_slurm import slurm, slurm_site  # noqa: F401 (fixtures)
+from tests.scheduler.test_slurm_sites import FlatProvider
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,21 +48,6 @@ pytestmark = [
 ]
 S = JobState
 IDS = 'id -u; id -g; id -G; echo "cwd=$(pwd)"; ls "$ECOQ_RUN_DIR" >/dev/null 2>&1 || echo no-list'
-
-
-class FlatProvider:
-    """The same intensity every hour: the planner starts jobs at once."""
-
-    name = "flat"
-
-    def forecast(self, zone: str, start: datetime, end: datetime) -> Forecast:
-        t0 = start.replace(minute=0, second=0, microsecond=0)
-        hours = int((end - t0).total_seconds() // 3600) + 2
-        points = tuple(IntensityPoint(t0 + timedelta(hours=h), 300.0) for h in range(hours))
-        return Forecast(zone, "average", "flat", "test forecast", t0, timedelta(hours=1), points)
-
-    def history(self, zone: str, start: datetime, end: datetime) -> Forecast:
-        raise ForecastUnavailable("flat: keeps no realized values")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from ecoq.db import session
 from ecoq.models import DaemonRow, Job, Run
-from ecoq.scheduler.queue_core import Clock, _worked_s, utcnow
+from ecoq.scheduler.queue_core import Clock, ended, utcnow
 from ecoq.states import ACTIVE, JobState
 
 __all__ = ["LOST_REASON_LIKE", "LostRuns", "lost_reason"]
@@ -99,16 +99,14 @@ class LostRuns:
                     col(Job.state).in_([str(x) for x in ACTIVE]),
                 )
                 .values(
-                    state=str(S.FAILED),
-                    exit_code=None,
-                    finished_at=reconciled_at,
-                    reason=reason,
-                    request=None,
-                    updated_at=self.clock(),
-                    segment_end=None,
-                    checkpoint_at=None,
-                    work_done_s=col(Job.work_done_s) + _worked_s(job, reconciled_at),
-                    segment_started_at=None,
+                    **ended(
+                        job,
+                        S.FAILED,
+                        reconciled_at,
+                        exit_code=None,
+                        reason=reason,
+                        updated_at=self.clock(),
+                    )
                 ),
             )
             if not failed:

@@ -59,6 +59,21 @@ def _stopped_daemon(worker: str) -> ColumnElement[bool]:
     return exists().where(col(DaemonRow.name) == worker, col(DaemonRow.stopped_at).is_not(None))
 
 
+def ended(job: Job, state: JobState, finished_at: datetime, **values: Any) -> dict[str, Any]:
+    """The job's columns when it ends in `state` at `finished_at` (its open segment's work
+    counted, no request or segment left), with `values` (exit code, reason, …) on top."""
+    return {
+        "state": str(state),
+        "finished_at": finished_at,
+        "request": None,
+        "segment_end": None,
+        "checkpoint_at": None,
+        "work_done_s": col(Job.work_done_s) + _worked_s(job, finished_at),
+        "segment_started_at": None,
+        **values,
+    }
+
+
 def _worked_s(job: Job, until: datetime) -> float:
     """Seconds of work in the job's running segment up to `until` (0 when none runs)."""
     if job.segment_started_at is None:
@@ -341,17 +356,15 @@ class DaemonSide(QueueCore):
                 update(Job)
                 .where(col(Job.id) == job.id, col(Job.state).in_([str(x) for x in ACTIVE]))
                 .values(
-                    state=str(target),
-                    exit_code=exit_code,
-                    finished_at=finished_at,
-                    reason=reason,
-                    request=None,
-                    updated_at=self.clock(),
-                    segment_end=None,
-                    checkpoint_at=None,
-                    work_done_s=col(Job.work_done_s) + _worked_s(job, finished_at),
-                    segment_started_at=None,
-                    **({} if job_energy is None else {"energy_j": job_energy}),
+                    **ended(
+                        job,
+                        target,
+                        finished_at,
+                        exit_code=exit_code,
+                        reason=reason,
+                        updated_at=self.clock(),
+                        **({} if job_energy is None else {"energy_j": job_energy}),
+                    )
                 )
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
