@@ -239,3 +239,30 @@ def test_a_job_changed_within_the_same_clock_reading_is_still_protected(
         seen={job.id or 0: job.updated_at for job in todo},
     )
     assert queue.get(job_id).held and queue.get(job_id).state == S.PENDING
+
+
+def test_after_a_start_jobs_wait_for_the_daemons_first_re_plan(db_url: str, tmp_path: Path) -> None:
+    """A job planned to start now by `ecoq submit` (or by a daemon before a restart) starts only
+    once this daemon has re-planned it with its own forecasts; ticks meanwhile stay short."""
+    clock = FakeClock(T0)
+    queue = Queue(open_engine(db_url), clock=clock)
+    provider = GatedProvider()
+    executor = Running()
+    cfg = DaemonConfig(data_dir=tmp_path / "data", worker="box1", box_gpus=0)
+    daemon = Daemon(queue, ForecastSource(provider), cfg, executor=executor)
+    job_id = queue.submit(make_spec(T0, deadline_h=1.5)).id or 0
+    queue.set_plan(job_id, planned_start=T0)  # the submit-time plan: now
+    provider.gate.clear()
+    daemon.plan_in_background()
+    try:
+        daemon.tick()
+        assert provider.waiting.wait(WAIT_S)
+        daemon.tick()
+        assert executor.launched == [], "started on a plan this daemon has not made"
+        provider.gate.set()
+        assert daemon.planner is not None and daemon.planner.wait_idle(WAIT_S)
+        daemon.tick()
+        assert executor.launched == [job_id]
+    finally:
+        provider.gate.set()
+        daemon.stop_planning(WAIT_S)

@@ -136,6 +136,9 @@ class Daemon(Reaping):
         self._replanned_at = 0.0  # time.monotonic() of the last full re-plan
         self._replan_took_s = 0.0
         self._lock = threading.Lock()
+        #: A re-plan of every waiting job has run (on the planner thread: or failed, or was
+        #: left to another daemon): with a planner thread, jobs may start.
+        self._replanned = False
         #: Plans on its own thread once `plan_in_background()` is called (the service does);
         #: None: each tick plans inline (tests, `ecoq daemon --once`).
         self.planner: PlannerThread | None = None
@@ -175,10 +178,14 @@ class Daemon(Reaping):
             if (report.reaped or report.checkpointed) and limited:
                 self._capacity_freed = True  # jobs pushed later for want of room may fit now
             report.planned = self._plan_step(now)
-            if self.slurm is not None and not self.stopping:
+            # Jobs start on plans made with this daemon's forecasts: with a planner thread, not
+            # before its first re-plan of every waiting job is done (a plan from `ecoq submit` or
+            # from before a restart may be stale); inline, that re-plan ran above.
+            starting = not self.stopping and (self.planner is None or self._replanned)
+            if self.slurm is not None and starting:
                 report.slurm = self.slurm.sync(now)
             self.pauses.step(now, self.queue.active(self.config.worker), report)
-            if not self.stopping:
+            if starting:
                 self._dispatch(now, report)
             self._refresh_history(now)
             self._account(now)
@@ -225,6 +232,7 @@ class Daemon(Reaping):
                 self._replan_all = self._capacity_freed = False
                 self._replanned_at = time.monotonic()
                 self._replan_took_s = self._replanned_at - began
+                self._replanned = True
             return planned
 
     def _plan_beside(self, all_waiting: bool) -> int:
@@ -234,8 +242,12 @@ class Daemon(Reaping):
         try:
             planned = self._plan(self.clock(), all_waiting=all_waiting)
         finally:
-            if planned is None and all_waiting:
-                self._replan_all = True
+            if all_waiting:
+                # Another daemon plans, or this plan failed: asked again at the next tick; jobs
+                # start meanwhile on the plans they have, so a broken planner delays nobody.
+                self._replanned = True
+                if planned is None:
+                    self._replan_all = True
         return planned or 0
 
     def plan_in_background(self, on_done: "Callable[[PlanRun], None] | None" = None) -> None:

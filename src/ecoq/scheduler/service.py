@@ -126,7 +126,7 @@ def run_forever(
     )
 
     def planned(run: "PlanRun") -> None:  # tick now: a job may be planned to start now
-        if run.planned and scheduler.running:
+        if (run.planned or run.all_waiting) and scheduler.running:
             tick_now = datetime.now(UTC)
             scheduler.add_job(
                 guarded_tick, "date", run_date=tick_now, id="wake", replace_existing=True
