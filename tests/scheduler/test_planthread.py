@@ -6,6 +6,7 @@ import logging
 import os
 import signal as sigmod
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -108,10 +109,21 @@ def test_stop_serves_nothing_more_and_reports_a_plan_still_running(
     assert plan.entered.wait(WAIT_S)
     thread.request(all_waiting=True)  # dropped by the stop
     assert thread.stop(0.05) is False
+    thread.start()  # a fresh thread while the old one still plans
     plan.gate.set()
-    thread.start()  # a fresh thread: nothing is pending any more
     assert thread.wait_idle(WAIT_S)
     assert plan.asked == [True]
+    thread.request(all_waiting=False)  # served once, by the new thread alone
+    assert thread.wait_idle(WAIT_S)
+    assert plan.asked == [True, False]
+
+    def planners() -> int:
+        return [t.name for t in threading.enumerate()].count("ecoq-planner")
+
+    limit = time.monotonic() + WAIT_S  # the old thread ends after its plan, not before
+    while planners() > 1 and time.monotonic() < limit:
+        time.sleep(0.01)
+    assert planners() == 1
 
 
 # -- a daemon whose planning blocks -------------------------------------------------------------

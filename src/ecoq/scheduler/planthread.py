@@ -44,15 +44,15 @@ class PlannerThread:
         plan: Callable[[bool], int],
         *,
         on_done: Callable[[PlanRun], None] | None = None,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self._plan = plan
         self.on_done = on_done
-        self._clock = clock or time.monotonic
         self._cond = threading.Condition()
         self._wanted: bool | None = None  # None: nothing asked; True: every waiting job
         self._running = False
-        self._stopping = False
+        # Each started thread serves while this is its own number: a thread left running by a
+        # `stop` that timed out ends after its plan, even if `start` made a new one meanwhile.
+        self._generation = 0
         self._thread: threading.Thread | None = None
         #: The last plan run (None: none yet).
         self.last: PlanRun | None = None
@@ -62,8 +62,10 @@ class PlannerThread:
         with self._cond:
             if self._thread is not None:
                 return
-            self._stopping = False
-            self._thread = threading.Thread(target=self._loop, name="ecoq-planner", daemon=True)
+            self._generation += 1
+            self._thread = threading.Thread(
+                target=self._loop, args=(self._generation,), name="ecoq-planner", daemon=True
+            )
             self._thread.start()
 
     def request(self, *, all_waiting: bool) -> None:
@@ -90,7 +92,7 @@ class PlannerThread:
         """Serve nothing more; wait up to `timeout_s` for a plan in progress (its transaction
         commits whole or not at all, so abandoning it is safe). False if it still runs."""
         with self._cond:
-            self._stopping = True
+            self._generation += 1
             self._wanted = None
             self._cond.notify_all()
             thread, self._thread = self._thread, None
@@ -99,21 +101,23 @@ class PlannerThread:
         thread.join(timeout_s)
         return not thread.is_alive()
 
-    def _loop(self) -> None:
+    def _loop(self, generation: int) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._wanted is not None)
-                if self._stopping:
+                self._cond.wait_for(
+                    lambda: self._generation != generation or self._wanted is not None
+                )
+                if self._generation != generation:
                     return
                 all_waiting, self._wanted = bool(self._wanted), None
                 self._running = True
-            began = self._clock()
+            began = time.monotonic()
             try:
                 planned, failed = self._plan(all_waiting), False
             except Exception:
                 log.exception("planning failed; the next tick asks again")
                 planned, failed = 0, True
-            run = PlanRun(all_waiting, planned, self._clock() - began, failed)
+            run = PlanRun(all_waiting, planned, time.monotonic() - began, failed)
             self.last = run
             if self.on_done is not None:
                 try:
