@@ -221,6 +221,18 @@ class Observer:
         path = self.marks / str(job_id)
         return path.read_text().split() if path.exists() else []
 
+    def describe_waiting(self) -> str:
+        """The jobs not ended yet, their runs and the daemons' rows: why a drain did not end."""
+        lines = []
+        where = "state NOT IN " + _sql_list(TERMINAL)
+        for job in self._rows(f"SELECT * FROM jobs WHERE {where}"):
+            lines.append(f"job {dict(job)}")
+            for run in self._rows(f"SELECT * FROM runs WHERE job_id = {job['id']} ORDER BY id"):
+                lines.append(f"  run {dict(run)}")
+            lines.append(f"  marks {self.starts(job['id'])}")
+        lines += [f"daemon {dict(row)}" for row in self._rows("SELECT * FROM daemons")]
+        return "\n".join(lines)
+
     def waiting_or_running(self) -> int:
         rows = self._rows("SELECT count(*) FROM jobs WHERE state NOT IN " + _sql_list(TERMINAL))
         return int(rows[0][0])
@@ -275,7 +287,10 @@ def drain(daemons: Daemons, observer: Observer, timeout_s: float = 300) -> int:
     limit = time.monotonic() + timeout_s
     ticks = 0
     while observer.waiting_or_running():
-        assert time.monotonic() < limit, "jobs still waiting or running after the drain"
+        assert time.monotonic() < limit, (
+            f"jobs still waiting or running after the drain:\n{observer.describe_waiting()}\n"
+            f"daemon log:\n{daemons.log.read_text()[-4000:]}"
+        )
         assert daemons.run("daemon", "--once") == 0, daemons.log.read_text()[-3000:]
         ticks += 1
         observer.check("a clean tick")

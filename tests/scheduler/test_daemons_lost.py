@@ -374,3 +374,30 @@ def test_a_daemon_that_stalls_between_claim_and_launch_does_not_launch(
 def _runs(q: Queue, job_id: int) -> list[Run]:
     with session(q.engine) as s:
         return list(s.exec(select(Run).where(col(Run.job_id) == job_id).order_by(col(Run.id))))
+
+
+@pytest.mark.parametrize("request_", ["cancel", "hold"])
+def test_a_request_made_before_a_daemon_was_lost_survives_it(
+    q: Queue, lclock: FakeClock, tmp_path: Path, request_: str
+) -> None:
+    """The user cancels (or holds) a job box-a claimed but never launched; box-a goes silent
+    and box-b fails the job as lost. When box-a comes back and finds the claim never started,
+    the job is cancelled (or held), as asked: not put back to run."""
+    a = daemon(q, tmp_path, "box-a")
+    b = daemon(q, tmp_path, "box-b")
+    a.heartbeat()
+    b.heartbeat()
+    job_id, _ = stale_claim(q, lclock, tmp_path, "box-a")
+    assert getattr(q, request_)(job_id) == "requested"
+    lclock.advance(seconds=STALE_S + 1)
+    assert b.tick().lost == [job_id]
+    assert q.get(job_id).state == S.FAILED
+    report = a.tick()
+    job = q.get(job_id)
+    assert job.request is None
+    if request_ == "cancel":
+        assert report.reaped == [job_id] and report.requeued == []
+        assert job.state == S.CANCELLED and job.reason == "cancelled by user before it started"
+    else:
+        assert report.requeued == [job_id] and report.started == []
+        assert job.state == S.PENDING and job.held

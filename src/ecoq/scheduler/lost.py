@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from ecoq.db import session
 from ecoq.models import DaemonRow, Job, Run
-from ecoq.scheduler.queue_core import Clock, ended, utcnow
+from ecoq.scheduler.queue_core import Clock, ended, requeued, utcnow
 from ecoq.states import ACTIVE, JobState
 
 __all__ = ["LOST_REASON_LIKE", "LostRuns", "lost_reason"]
@@ -106,6 +106,9 @@ class LostRuns:
                         exit_code=None,
                         reason=reason,
                         updated_at=self.clock(),
+                        # A user's request stays for the owner: a job it revives acts on it,
+                        # one it requeues is cancelled or held as asked.
+                        request=col(Job.request),
                     )
                 ),
             )
@@ -179,6 +182,7 @@ class LostRuns:
             "exit_code": exit_code,
             "finished_at": finished_at,
             "reason": reason,
+            "request": None,
             "updated_at": self.clock(),
             # The reconciler counted the work up to its own time; the job ran until `finished_at`.
             "work_done_s": max(
@@ -219,21 +223,15 @@ class LostRuns:
 
     def requeue(self, job: Job, run: Run, *, reason: str) -> str | None:
         """A lost run whose job provably never started (its start token was taken): record that
-        on the run, and put the untouched job back in the queue (`pending`), as a daemon does
-        with a claim it never launched. Returns as `settle`."""
+        on the run, and put the untouched job back in the queue (`pending`; `cancelled` if its
+        user asked, see `queue_core.requeued`), as a daemon does with a claim it never
+        launched. Returns as `settle`."""
         assert run.finished_at is not None
         run_values: dict[str, Any] = {"reason": reason}
+        now = self.clock()
         job_values: dict[str, Any] = {
-            "state": str(S.PENDING),
-            "exit_code": None,
-            "finished_at": None,
-            "reason": None,
-            "worker": None,
-            "started_at": None,
-            "planned_start": None,
-            "segment_started_at": None,
-            "segment_end": None,
-            "updated_at": self.clock(),
+            **requeued(now),
+            "updated_at": now,
             # The reconciler counted work from the claim to its own time; none was done.
             "work_done_s": max(
                 0.0, job.work_done_s - (run.finished_at - run.claimed_at).total_seconds()

@@ -5,11 +5,12 @@ against `ecoq.states.TRANSITIONS`, so two processes racing on a job (a user canc
 daemon claims it) cannot both win. Requests that need a job's process (cancel, hold or release of a
 running job) are written to the job and carried out by the daemon that owns it, so the same calls
 work from any shell, box or user. The primitive and the daemon's side (claim, reap, planned
-pauses) are in `ecoq.scheduler.queue_core`; job SQL lives in these two modules only.
+pauses) are in `ecoq.scheduler.queue_core` and `ecoq.scheduler.queue_daemon`; job SQL lives in
+these three modules only.
 """
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,12 +22,15 @@ from ecoq.errors import ValidationError
 from ecoq.faults import fault
 from ecoq.models import DaemonRow, Job, Run
 from ecoq.scheduler.jobspec import JobSpec, parse_signal, validate_spec
-from ecoq.scheduler.queue_core import Clock, DaemonSide, utcnow
+from ecoq.scheduler.queue_core import Clock, utcnow
+from ecoq.scheduler.queue_daemon import DaemonSide
 from ecoq.states import ACTIVE, TERMINAL, WAITING, JobState
 
 __all__ = ["Clock", "JobSpec", "Queue", "utcnow", "validate_spec"]
 
 S = JobState
+#: How often a user's request is tried on a job that keeps moving under it before giving up.
+_ATTEMPTS = 3
 
 
 class Queue(DaemonSide):
@@ -277,25 +281,30 @@ class Queue(DaemonSide):
     def cancel(self, job_id: int) -> str:
         """Cancel a job. Waiting jobs are cancelled at once ("cancelled"); running or paused ones
         get a request their daemon carries out ("requested"). Raises for finished jobs."""
-        job = self.get(job_id)
-        now = self.clock()
-        if job.state in WAITING and self.transition(
-            job_id, WAITING, S.CANCELLED, finished_at=now, reason="cancelled by user"
-        ):
-            return "cancelled"
-        return self._request(job_id, "cancel", ACTIVE)
+
+        def attempt(job: Job) -> str | None:
+            if job.state in WAITING and self.transition(
+                job_id, WAITING, S.CANCELLED, finished_at=self.clock(), reason="cancelled by user"
+            ):
+                return "cancelled"
+            return self._try_request(job_id, "cancel", ACTIVE)
+
+        return self._settle(job_id, attempt, "cancel", ACTIVE)
 
     def hold(self, job_id: int) -> str:
         """Keep a waiting job from starting ("held"); keep a job in a planned pause from resuming
         ("held"); pause a running one ("requested": its daemon sends SIGSTOP)."""
-        job = self.get(job_id)
-        if job.state in WAITING and self._cas(job_id, list(WAITING), held=True, run_now=False):
-            return "held"
-        if job.state == S.PAUSED and self._cas_where(
-            job_id, [S.PAUSED], [col(Job.planned_start).is_not(None)], held=True
-        ):
-            return "held"
-        return self._request(job_id, "hold", [S.RUNNING])
+
+        def attempt(job: Job) -> str | None:
+            if job.state in WAITING and self._cas(job_id, list(WAITING), held=True, run_now=False):
+                return "held"
+            if job.state == S.PAUSED and self._cas_where(
+                job_id, [S.PAUSED], [col(Job.planned_start).is_not(None)], held=True
+            ):
+                return "held"
+            return self._try_request(job_id, "hold", [S.RUNNING])
+
+        return self._settle(job_id, attempt, "hold", [S.RUNNING])
 
     def release(self, job_id: int) -> str:
         """Undo `hold`: a waiting job is re-planned ("released"); a job held in a planned pause
@@ -340,10 +349,31 @@ class Queue(DaemonSide):
             f"job {job_id} is {self.get(job_id).state}; only waiting jobs can start"
         )
 
+    def _settle(
+        self,
+        job_id: int,
+        attempt: Callable[[Job], str | None],
+        action: str,
+        states: Iterable[JobState],
+    ) -> str:
+        """`attempt` on the job as it is now, again if it moved meanwhile (a daemon claimed it,
+        or put back to wait a claim that never started); then `_request`, which raises naming
+        the state the job is in."""
+        for _ in range(_ATTEMPTS):
+            done = attempt(self.get(job_id))
+            if done is not None:
+                return done
+        return self._request(job_id, action, states)
+
+    def _try_request(self, job_id: int, action: str, states: Iterable[JobState]) -> str | None:
+        """Leave `action` for the job's daemon ("requested") if the job is in `states`."""
+        if self._cas(job_id, list(states), request=action, requested_at=self.clock()):
+            return "requested"
+        return None
+
     def _request(self, job_id: int, action: str, states: Iterable[JobState]) -> str:
         expect = list(states)
-        now = self.clock()
-        if self._cas(job_id, expect, request=action, requested_at=now):
+        if self._try_request(job_id, action, expect) is not None:
             return "requested"
         job = self.get(job_id)
         raise ValidationError(

@@ -14,7 +14,6 @@ since the reconciliation (`ecoq.scheduler.lost`); the run always gets the truth.
 """
 
 import logging
-import os
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ecoq.models import Job, Run
 from ecoq.scheduler.executors import Executor, RunStatus
+from ecoq.scheduler.executors.wrapper import proc_stat
 from ecoq.scheduler.lost import LostRuns
 from ecoq.scheduler.metering import RunMeters, merge_segments, total_energy_j
 from ecoq.scheduler.pauses import Pauses
@@ -132,20 +132,16 @@ class Reaping:
                     self.queue.update_run(run.id, pid=status.pid, started_at=status.started_at)
                 if self.meters is not None and status.pid is not None:
                     self.meters.start(run.id, status.pid, list(run.gpu_indices))
-            elif not _alive(run.wrapper_pid) and self.executor.abandon(Path(run.run_dir)):
-                # Claimed, but the wrapper never took the start token: it never ran. Requeue.
-                self.queue.update_run(
-                    run.id, finished_at=now, reason="never started: the daemon stopped first"
-                )
-                self.queue.transition(
-                    job.id,
-                    [S.RUNNING],
-                    S.PENDING,
-                    worker=None,
-                    started_at=None,
-                    planned_start=None,
-                )
-                report.requeued.append(job.id)
+            elif _unlaunched(status, run) and self.executor.abandon(Path(run.run_dir)):
+                # Claimed, but the wrapper never took the start token: it never ran. Requeue
+                # (or cancel it, if its user asked meanwhile).
+                if run.finished_at is None:
+                    self.queue.update_run(
+                        run.id, finished_at=now, reason="never started: the daemon stopped first"
+                    )
+                moved = self.queue.requeue(job.id, now)
+                if moved is not None:
+                    (report.requeued if moved == S.PENDING else report.reaped).append(job.id)
 
     def _reap_lost(self, now: datetime, report: "TickReport") -> None:
         """Record what really happened to this daemon's runs that another daemon failed as lost
@@ -244,8 +240,12 @@ class Reaping:
         assert job.id is not None
         why = "never started: its daemon was reconciled as lost before launching it"
         if lost.requeue(job, run, reason=why) == "job":
-            report.requeued.append(job.id)
-            log.info("job %s was failed as lost but never started: back in the queue", job.id)
+            if job.request == "cancel":  # a failed job's request cannot change: as it was read
+                report.reaped.append(job.id)
+                log.info("job %s was failed as lost but never started: cancelled", job.id)
+            else:
+                report.requeued.append(job.id)
+                log.info("job %s was failed as lost but never started: back in the queue", job.id)
 
     def _final_energy(self, run: Run) -> dict[str, Any]:
         """The run's energy for `Queue.finish`: this daemon's final read plus earlier segments."""
@@ -269,13 +269,15 @@ class Reaping:
                 self.queue.update_run(run.id, energy_series=merged, energy_j=total_energy_j(merged))
 
 
+def _unlaunched(status: RunStatus, run: Run) -> bool:
+    """Whether a claimed run that is not running can be abandoned: the executor says it never
+    started (abandoned, never launched, or its wrapper exited before it took the start token),
+    or the wrapper whose pid the daemon stored is gone (all it can tell without `launch.json`)."""
+    return status.state == "not-started" or not _alive(run.wrapper_pid)
+
+
 def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether process `pid` runs. A zombie does not: a wrapper orphaned by a daemon that
+    exited is reaped by init, which may never do so (some containers' init)."""
+    stat = proc_stat(pid) if pid is not None else None
+    return stat is not None and stat[1] not in ("Z", "X")

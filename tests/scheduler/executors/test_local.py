@@ -316,6 +316,36 @@ def test_abandon_before_wrapper_runs_prevents_start(runner: Runner) -> None:
     assert "abandoned" in status.reason
 
 
+def test_a_wrapper_that_dies_before_the_token_is_not_started(runner: Runner) -> None:
+    """A wrapper that exits before it takes the start token (here an interpreter that is not
+    Python) leaves a run that can never start; until then the run is starting."""
+    dead = LocalExecutor(python="/bin/false")
+    spec = runner.spec(py("pass"))
+    dead.launch(spec)
+    launch = json.loads((spec.run_dir / "launch.json").read_text())
+    assert launch["wrapper_pid"] > 0 and isinstance(launch["wrapper_start_ticks"], int)
+    status = wait_for(
+        lambda: (s := dead.status(spec.run_dir)).state == "not-started" and s, what="not-started"
+    )
+    assert "exited before it took the start token" in (status.reason or "")
+    assert dead.abandon(spec.run_dir)  # the daemon requeues it
+
+
+def test_a_pid_reused_after_the_wrapper_died_is_not_the_wrapper(runner: Runner) -> None:
+    """The record holds the wrapper's start time: a live process that reused its pid (here this
+    test's own process, with another start time) does not keep the run starting."""
+    spec = runner.spec(py("pass"))
+    write_spec(spec)
+    stat = proc_stat(os.getpid())
+    assert stat is not None
+    record = {"wrapper_pid": os.getpid(), "wrapper_start_ticks": stat[0] + 1, "boot_id": ""}
+    (spec.run_dir / "launch.json").write_text(json.dumps(record))
+    assert runner.ex.status(spec.run_dir).state == "not-started"
+    record["wrapper_start_ticks"] = stat[0]  # the wrapper itself, alive: still starting
+    (spec.run_dir / "launch.json").write_text(json.dumps(record))
+    assert runner.ex.status(spec.run_dir).state == "starting"
+
+
 def test_abandon_after_start_returns_false(runner: Runner) -> None:
     run_dir = runner.launch(py(SLEEPER))
     runner.wait_state(run_dir, "running")

@@ -52,8 +52,9 @@ class Launched:
 class RunStatus:
     """What the run's records and process liveness say now.
 
-    - `not-started`: nothing was launched in the run directory, or the launch was abandoned
-      (then `reason` says so); the job never ran and may be requeued.
+    - `not-started`: nothing was launched in the run directory, the launch was abandoned, or
+      the wrapper exited before it took the start token (`reason` says which); the job never
+      ran and may be requeued once `abandon()` returns True.
     - `starting`: launched, but the job's start is not recorded yet (transient; if it lasts,
       the wrapper failed before starting the job: `abandon()` is safe).
     - `running`: the job's process (or its wrapper) is alive; `reason` is set while the job

@@ -3,6 +3,8 @@
 A run lives in its own directory (mode 0700), which holds everything a restarted daemon needs:
 
 - `spec.json`     written by `launch()` before the wrapper is spawned (what to run);
+- `launch.json`   written by `launch()` once the wrapper is spawned: its pid and start time, so a
+                  wrapper that died before it took the start token is told from a slow one;
 - `start.token`   taken exactly once, by the wrapper (it will start the job) or by `abandon()`
                   (nobody will): the guard against starting a job twice;
 - `started.json`  written by the wrapper once the job's process exists;
@@ -47,6 +49,7 @@ from ecoq.scheduler.executors.wrapper import (
 )
 
 WRAPPER_MODULE = "ecoq.scheduler.executors.wrapper"
+LAUNCH_FILE = "launch.json"
 _POLL_S = 0.05
 
 
@@ -122,6 +125,18 @@ def _proc_state(pid: Any, start_ticks: Any, boot: Any) -> str | None:
     return current[1]
 
 
+def _record_launch(run_dir: Path, pid: int) -> None:
+    """Write `launch.json`: the wrapper's pid with its start time. Best effort: the wrapper runs
+    whatever happens here, and without the record `status()` says "starting" until the
+    wrapper takes its token (the daemon then checks the pid it stored)."""
+    stat = proc_stat(pid)  # our unreaped child: readable even if it exited already
+    if stat is None:
+        return
+    record = {"wrapper_pid": pid, "wrapper_start_ticks": stat[0], "boot_id": boot_id()}
+    with contextlib.suppress(OSError):
+        atomic_write_json(run_dir / LAUNCH_FILE, record)
+
+
 def _alive(pid: Any, start_ticks: Any, boot: Any) -> bool:
     state = _proc_state(pid, start_ticks, boot)
     return state is not None and state not in ("Z", "X")
@@ -188,6 +203,7 @@ class LocalExecutor:
                 "Python can import ecoq"
             ) from exc
         self._wrappers.append(wrapper)
+        _record_launch(spec.run_dir, wrapper.pid)
         fault("launch-after")
         return Launched(wrapper_pid=wrapper.pid, started_at=datetime.now(UTC))
 
@@ -220,6 +236,17 @@ class LocalExecutor:
         if (run_dir / TOKEN_FILE).exists():
             return RunStatus("starting", reason="the start token is being taken")
         if (run_dir / SPEC_FILE).exists():
+            launch = _read_json(run_dir / LAUNCH_FILE, tolerant=True)
+            if launch is not None and not _alive(
+                launch.get("wrapper_pid"), launch.get("wrapper_start_ticks"), launch.get("boot_id")
+            ):
+                if (run_dir / TOKEN_FILE).exists():  # it took the token, then exited
+                    return self.status(run_dir)
+                return RunStatus(
+                    "not-started",
+                    reason="the wrapper exited before it took the start token; the job never "
+                    f"started (see {WRAPPER_LOG})",
+                )
             return RunStatus(
                 "starting",
                 reason="waiting for the wrapper to take the start token; if this lasts, "
