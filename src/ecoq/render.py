@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+from ecoq.states import TERMINAL
 from ecoq.views import JobView, iso
 
 
@@ -62,7 +63,7 @@ QUEUE_HEADER = ("id", "name", "state", "zone", "planned start", "g/kWh", "deadli
 
 def queue_row(job: JobView, now: datetime) -> tuple[str, ...]:
     flags = [f for f, on in (("held", job.held), ("late", job.late)) if on]
-    if job.request:
+    if job.request and job.state not in TERMINAL:
         flags.append(f"{job.request} requested")
     state = str(job.state) + (f" ({', '.join(flags)})" if flags else "")
     g = f"{job.plan_g_per_kwh:.0f}" if job.plan_g_per_kwh is not None else "-"
@@ -102,7 +103,9 @@ def show_lines(job: JobView, now: datetime) -> list[tuple[str, str]]:
         rows.append(("plan", plan_phrase(job, now)))
         rows.append(("why", job.plan_reason or "-"))
         rows.extend(explain_lines(job, now))
-    if job.request:
+    if job.request and job.state in TERMINAL:  # failed as lost: kept for its daemon
+        rows.append(("request", f"{job.request} (carried out if its lost daemon comes back)"))
+    elif job.request:
         rows.append(("request", f"{job.request} (the daemon carries it out at its next tick)"))
     if job.started_at:
         rows.append(("started", iso(job.started_at) or "-"))

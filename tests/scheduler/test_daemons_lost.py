@@ -14,6 +14,7 @@ from sqlmodel import col, select, update
 from ecoq.db import open_engine, session
 from ecoq.meters import Detection, MeterDefaults
 from ecoq.models import Job, Run
+from ecoq.render import queue_row, show_lines
 from ecoq.scheduler.daemon import Daemon, DaemonConfig
 from ecoq.scheduler.daemons import DaemonRegistry
 from ecoq.scheduler.executors.local import LocalExecutor
@@ -22,6 +23,7 @@ from ecoq.scheduler.lost import LostRuns, lost_reason
 from ecoq.scheduler.metering import RunMeters
 from ecoq.scheduler.queue import Queue
 from ecoq.states import JobState
+from ecoq.views import JobView
 from tests.conftest import FakeClock, make_spec
 from tests.scheduler.test_daemon import CountingMeter, FlatProvider, sh
 
@@ -391,7 +393,13 @@ def test_a_request_made_before_a_daemon_was_lost_survives_it(
     assert getattr(q, request_)(job_id) == "requested"
     lclock.advance(seconds=STALE_S + 1)
     assert b.tick().lost == [job_id]
-    assert q.get(job_id).state == S.FAILED
+    failed = q.get(job_id)
+    assert failed.state == S.FAILED and failed.request == request_  # kept for box-a
+    view = JobView.from_model(failed)  # what `ecoq queue` and `ecoq show` say of it
+    assert "requested" not in " ".join(queue_row(view, lclock()))
+    assert ("request", f"{request_} (carried out if its lost daemon comes back)") in show_lines(
+        view, lclock()
+    )
     report = a.tick()
     job = q.get(job_id)
     assert job.request is None
